@@ -1,0 +1,114 @@
+"""The LightningModule: the paper's objective, optimiser, learning-rate schedule and error rates (Section 5)."""
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from alexnet_lightning.network import AlexNet
+
+
+class AlexNetModule(L.LightningModule):
+    """AlexNet trained by SGD on softmax cross-entropy, reporting top-1 and top-5 error.
+
+    The paper's values of the optimisation arguments are written once, in configs/paper.yaml.
+
+    Args:
+        lr: initial learning rate, the same for all layers.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay, applied to every parameter as in the paper's update rule.
+        lr_factor: the learning rate is multiplied by this at each reduction.
+        lr_reductions: how many times the learning rate is reduced at most.
+        lr_schedule: "plateau" reduces it when the validation top-1 error stops improving (the paper);
+            "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
+        lr_patience: epochs without improvement of the validation top-1 error before a reduction ("plateau").
+        lr_step_epochs: epochs between reductions ("step").
+        network: the arguments of alexnet_lightning.network.AlexNet (lrn, towers, dropout, ...).
+    """
+
+    def __init__(
+        self,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        lr_factor: float,
+        lr_reductions: int,
+        lr_schedule: Literal["plateau", "step"] = "plateau",
+        lr_patience: int = 5,
+        lr_step_epochs: int = 30,
+        **network: Any,
+    ):
+        super().__init__()
+        if lr_schedule not in ("plateau", "step"):
+            raise ValueError(f"lr_schedule must be 'plateau' or 'step', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.network = AlexNet(**network)
+        num_classes = self.network.classifier.fc8.out_features
+        for stage in ("train", "val", "test"):
+            metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+            if num_classes >= 5:
+                metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            setattr(self, f"{stage}_metrics", MetricCollection(metrics))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        return self._step("train", batch)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step("test", batch)
+
+    def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        x, y = batch
+        if y.numel() == 0:  # every file of the batch was unreadable and skipped by the data module
+            return None
+        if x.dim() == 5:  # ten-crop testing: average the softmax over the crops (Section 4.1)
+            batch_size, crops = x.shape[:2]
+            probs = self(x.flatten(0, 1)).softmax(-1).view(batch_size, crops, -1).mean(1)
+            scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), y)
+        else:
+            scores = self(x)
+            loss = F.cross_entropy(scores, y)
+        getattr(self, f"{stage}_metrics").update(scores.detach(), y)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_errors("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_errors("test")
+
+    def _log_errors(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        if not metrics["top1"].update_called:
+            return
+        for name, accuracy in metrics.compute().items():
+            self.log(f"{stage}/{name}_error", 1 - accuracy, prog_bar=name == "top1")
+        metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        # torch's SGD keeps the velocity in gradient units; the paper's v <- 0.9 v - 0.0005 lr w - lr grad keeps
+        # it in step units. The two give the same steps while the learning rate is constant.
+        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "plateau":
+            min_lr = hp.lr * hp.lr_factor**hp.lr_reductions  # a floor that allows exactly lr_reductions reductions
+            scheduler = ReduceLROnPlateau(optimizer, "min", hp.lr_factor, hp.lr_patience, min_lr=min_lr)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_error", "interval": "epoch"},
+            }
+        milestones = [hp.lr_step_epochs * (i + 1) for i in range(hp.lr_reductions)]
+        return {"optimizer": optimizer, "lr_scheduler": MultiStepLR(optimizer, milestones, hp.lr_factor)}
