@@ -39,7 +39,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("baseline", "", "the full model", {}, 0.0, 0.0, "top-1 40.7, top-5 18.2 (ILSVRC-2012 val, 1 CNN)"),
+        Variant("baseline", "", "the full model", {}, None, None, "top-1 40.7, top-5 18.2 (ILSVRC-2012 val, 1 CNN)"),
         Variant("no_lrn", "--no-lrn", "no local response normalisation", {"model": {"lrn": False}},
                 1.4, 1.2, "top-1 +1.4, top-5 +1.2"),
         Variant("no_overlap", "--no-overlap", "non-overlapping pooling (z=2, s=2)",

@@ -10,3 +10,24 @@ REPO = Path(__file__).resolve().parents[1]
 def paper_optimisation() -> dict:
     """The model section of configs/paper.yaml: the paper's optimisation hyper-parameters."""
     return yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["model"]
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory) -> Path:
+    """A reduced built-in dataset (10 classes, 6 train and 3 val images each) in the ImageFolder layout."""
+    from alexnet_lightning import builtin
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    builtin.generate(root, seed=0, train_per_class=6, val_per_class=3)
+    return root
+
+
+@pytest.fixture
+def tiny_overlay(tmp_path) -> Path:
+    """Trainer and data settings that make a run of the quick preset take seconds."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"batch_size": 16, "num_workers": 0, "statistics_images": 32},
+    }))
+    return path

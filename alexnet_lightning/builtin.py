@@ -1,0 +1,171 @@
+"""A small built-in stand-in for ImageNet, so that everything runs without downloading anything.
+
+Ten classes of shapes and textures drawn in foreground/background colours chosen independently of
+the class, at random positions, scales and rotations, with impulse noise: colour carries no label
+information, only shape and texture do. The files are real JPEGs and PNGs (about 15% grayscale,
+about 30% PNG) of varied sizes and aspect ratios, in the ImageFolder layout ``train/<class>/*``,
+``val/<class>/*``, so they go through exactly the pipeline ImageNet goes through.
+
+Every image is drawn from its own seed derived from (seed, split, class, index), so a seed always
+gives the same files. The set is generated on first use into the cache folder.
+"""
+
+import argparse
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from alexnet_lightning.statistics import cache_dir
+
+CLASSES = (
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "star",
+    "horizontal_stripes",
+    "vertical_stripes",
+    "checkerboard",
+    "dots",
+)
+NUM_CLASSES = len(CLASSES)
+VERSION = 1  # part of the folder name: bump it whenever the drawing changes
+SPLITS = ("train", "val")
+
+
+def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Foreground and background colours, independent of the class, far enough apart in luminance to
+    stay distinct after conversion to grayscale."""
+    luminance = np.array([0.299, 0.587, 0.114])
+    while True:
+        foreground, background = rng.integers(0, 256, size=(2, 3))
+        if abs(luminance @ (foreground - background)) > 60:
+            return tuple(foreground.tolist()), tuple(background.tolist())
+
+
+def _polygon(name: str, radius: float) -> np.ndarray:
+    """Vertices [N, 2] of a shape of the given outer radius, centred on the origin."""
+    if name == "square":
+        angles = np.pi / 4 + np.arange(4) * np.pi / 2
+        return radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+    if name == "triangle":
+        angles = np.arange(3) * 2 * np.pi / 3
+        return radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+    if name == "star":
+        angles = np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, radius, 0.4 * radius)
+        return radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
+    if name == "cross":
+        a, r = 0.3 * radius, radius
+        return np.array(
+            [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
+        )
+    raise ValueError(name)
+
+
+def _texture(name: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A boolean foreground mask [H, W] of a periodic texture."""
+    period = rng.uniform(0.12, 0.25) * min(width, height)
+    # Stripes may tilt only a little, or horizontal and vertical would be the same class.
+    angle = rng.uniform(-0.35, 0.35) if name.endswith("stripes") else rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    u = (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform()
+    v = (-x * np.sin(angle) + y * np.cos(angle)) / period + rng.uniform()
+    if name == "horizontal_stripes":
+        return v % 1 < 0.5
+    if name == "vertical_stripes":
+        return u % 1 < 0.5
+    if name == "checkerboard":
+        return (np.floor(u) + np.floor(v)) % 2 == 0
+    if name == "dots":
+        return (u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2 < 0.3**2
+    raise ValueError(name)
+
+
+def draw(name: str, rng: np.random.Generator) -> Image.Image:
+    """One noisy RGB image of class ``name``."""
+    width, height = (int(side) for side in rng.integers(64, 161, size=2))
+    foreground, background = _colours(rng)
+    if name in ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots"):
+        mask = _texture(name, width, height, rng)
+        pixels = np.where(mask[..., None], np.array(foreground), np.array(background))
+    else:
+        image = Image.new("RGB", (width, height), background)
+        radius = rng.uniform(0.2, 0.45) * min(width, height)
+        centre = rng.uniform([radius, radius], [width - radius, height - radius])
+        canvas = ImageDraw.Draw(image)
+        box = [*(centre - radius), *(centre + radius)]
+        if name == "circle":
+            canvas.ellipse(box, fill=foreground)
+        elif name == "ring":
+            canvas.ellipse(box, outline=foreground, width=max(2, round(0.3 * radius)))
+        else:
+            angle = rng.uniform(0, 2 * np.pi)
+            rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            vertices = _polygon(name, radius) @ rotation.T + centre
+            canvas.polygon([tuple(vertex) for vertex in vertices.tolist()], fill=foreground)
+        pixels = np.array(image)
+    # Impulse noise: 0.3-1% of the pixels take random colours. Unlike Gaussian noise it costs little
+    # space in a PNG, which keeps the whole set at a few MB.
+    noisy = rng.uniform(size=(height, width)) < rng.uniform(0.003, 0.01)
+    pixels[noisy] = rng.integers(0, 256, size=(int(noisy.sum()), 3))
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def generate(root: Path, seed: int = 0, train_per_class: int = 300, val_per_class: int = 50) -> None:
+    """Writes the dataset into ``root`` (``train/<class>/NNNNN.{jpg,png}``, same for ``val``)."""
+    for split_index, (split, count) in enumerate(zip(SPLITS, (train_per_class, val_per_class), strict=True)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                rng = np.random.default_rng([seed, split_index, label, index])
+                image = draw(name, rng)
+                if rng.uniform() < 0.15:
+                    image = image.convert("L")
+                if rng.uniform() < 0.3:
+                    image.save(folder / f"{index:05d}.png")
+                else:
+                    image.save(folder / f"{index:05d}.jpg", quality=75)
+
+
+def ensure(seed: int = 0, train_per_class: int = 300, val_per_class: int = 50, cache: Path | None = None) -> Path:
+    """The dataset's folder in the cache (default: ``statistics.cache_dir()``), generated on first use.
+
+    Generation writes into a temporary folder and renames it into place, so an interrupted run is
+    never mistaken for a finished one.
+    """
+    cache = cache_dir() if cache is None else cache
+    final = cache / f"builtin-v{VERSION}-seed{seed}-{train_per_class}x{val_per_class}"
+    if final.is_dir():
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache))
+    try:
+        generate(partial, seed, train_per_class, val_per_class)
+        partial.rename(final)
+    except OSError:
+        if not final.is_dir():  # another process finishing first is fine
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Generates the built-in dataset and prints its folder."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--val-per-class", type=int, default=50)
+    args = parser.parse_args(argv)
+    print(ensure(args.seed, args.train_per_class, args.val_per_class))
+
+
+if __name__ == "__main__":
+    main()

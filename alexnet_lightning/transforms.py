@@ -1,0 +1,120 @@
+"""The paper's input pipeline, train and eval side by side (PAPER.md, Data; Augmentation and testing).
+
+Every split first decodes to RGB, rescales the shorter side to ``resize_size``, takes the central
+``resize_size`` square and subtracts the training set's mean (Section 2: "the only other
+preprocessing"). Training then takes a random ``crop_size`` crop, mirrors it with p = 0.5 and adds
+PCA lighting noise (Section 4.1); validation takes the centre crop; testing takes ten crops
+(Section 4.1: "averaging the predictions made by the network's softmax layer on the ten patches").
+Values stay centred raw RGB in [0, 1] minus the mean: the paper divides by no standard deviation.
+"""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decodes an image file to 3-channel RGB.
+
+    Grayscale and CMYK convert to RGB; an alpha channel is composited onto white so that the colour
+    hidden under transparent pixels (often garbage) never reaches the network. PIL's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file raises ``OSError`` instead of
+    decoding half an image.
+    """
+    with Image.open(path) as image:
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def rescale_and_centre(resize_size: int) -> v2.Compose:
+    """The paper's once-only step: shorter side to ``resize_size``, central square, float RGB in [0, 1]."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(resize_size, antialias=True),
+            v2.CenterCrop(resize_size),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+class SubtractMean(nn.Module):
+    """Subtracts the training set's mean: a [3, S, S] mean image (the paper's) or a [3] channel mean."""
+
+    def __init__(self, mean: Tensor) -> None:
+        super().__init__()
+        self.mean = mean if mean.dim() == 3 else mean.view(3, 1, 1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return image - self.mean
+
+
+def pca_lighting(image: Tensor, alpha: Tensor, eigval: Tensor, eigvec: Tensor) -> Tensor:
+    """Adds ``eigvec @ (alpha * eigval)`` to every pixel of a [3, H, W] image (Section 4.1)."""
+    return image + (eigvec @ (alpha * eigval)).view(3, 1, 1)
+
+
+class PCALighting(nn.Module):
+    """PCA colour augmentation: alpha_i ~ N(0, std) drawn once per image per use (Section 4.1)."""
+
+    def __init__(self, eigval: Tensor, eigvec: Tensor, std: float = 0.1) -> None:
+        super().__init__()
+        self.eigval, self.eigvec, self.std = eigval, eigvec, std
+
+    def forward(self, image: Tensor) -> Tensor:
+        alpha = torch.randn(3, dtype=image.dtype) * self.std
+        return pca_lighting(image, alpha, self.eigval.to(image.dtype), self.eigvec.to(image.dtype))
+
+
+def ten_crop(image: Tensor, size: int) -> Tensor:
+    """Returns [10, 3, size, size]: top-left, top-right, bottom-left, bottom-right, centre (0-4), then
+    the horizontal mirror of each, in the same order (5-9)."""
+    crops = F.five_crop(image, [size, size])
+    return torch.stack([*crops, *(F.horizontal_flip(crop) for crop in crops)])
+
+
+class TrainPreset:
+    """Random crop, horizontal mirror and PCA lighting of the mean-subtracted image (Section 4.1)."""
+
+    def __init__(
+        self,
+        mean: Tensor,
+        eigval: Tensor,
+        eigvec: Tensor,
+        resize_size: int = 256,
+        crop_size: int = 227,
+        lighting_std: float | None = 0.1,
+    ) -> None:
+        steps = [
+            rescale_and_centre(resize_size),
+            SubtractMean(mean),
+            v2.RandomCrop(crop_size),
+            v2.RandomHorizontalFlip(p=0.5),
+        ]
+        if lighting_std is not None:
+            steps.append(PCALighting(eigval, eigvec, lighting_std))
+        self.transforms = v2.Compose(steps)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.transforms(image)
+
+
+class EvalPreset:
+    """The centre crop (validation) or the ten crops (testing) of the mean-subtracted image."""
+
+    def __init__(self, mean: Tensor, resize_size: int = 256, crop_size: int = 227, ten_crops: bool = False) -> None:
+        self.prepare = v2.Compose([rescale_and_centre(resize_size), SubtractMean(mean)])
+        self.crop_size, self.ten_crops = crop_size, ten_crops
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        image = self.prepare(image)
+        if self.ten_crops:
+            return ten_crop(image, self.crop_size)
+        return F.center_crop(image, [self.crop_size, self.crop_size])

@@ -1,0 +1,228 @@
+"""The paper's ablation study as one command.
+
+Trains the full model (the baseline) and each requested variant under identical seeds, data and schedule, tests
+each with ten crops, and prints the table beside the paper's numbers. Results go to results/<study>/.
+
+    python experiments/ablate.py --no-lrn                       # quick preset, built-in data
+    python experiments/ablate.py --all --seeds 3                # every ablation, three seeds
+    python experiments/ablate.py --preset paper --data-root /data/imagenet --no-lrn --no-overlap
+    python experiments/ablate.py --variant no_lrn --seed 1      # one cell (a cluster job or a W&B sweep agent)
+
+Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alexnet_lightning import builtin
+from alexnet_lightning import cli as alexnet_cli
+from alexnet_lightning.report import write_report
+from alexnet_lightning.tracking import wandb_offline
+from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+PRESETS = {
+    "quick": [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml"],  # CPU minutes on the built-in data
+    "paper": [CONFIGS / "paper.yaml"],  # the paper's run, for ImageNet
+}
+STRATEGIES = {"towers": CONFIGS / "strategy" / "towers.yaml"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("variants (the baseline always runs)")
+    for name in ABLATIONS:
+        v = VARIANTS[name]
+        group.add_argument(v.flag, dest="variants", action="append_const", const=name,
+                           help=f"{v.change} (paper: {v.paper_effect})")
+    group.add_argument("--all", action="store_true", help="every variant above")
+    group.add_argument("--variant", dest="variants", action="append", metavar="NAME",
+                       help=f"a variant by registry name, repeatable: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 of every variant (default 1)")
+    parser.add_argument("--seed", type=int, help="run only this seed of the named variants, no implied baseline")
+    parser.add_argument("--preset", choices=PRESETS, help="quick: built-in data on CPU (default without "
+                        "--data-root); paper: the paper's run on ImageNet (default with --data-root)")
+    parser.add_argument("--data-root", type=Path, help="ImageNet root (ImageFolder layout or ILSVRC-2012 archives)")
+    parser.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    parser.add_argument("--study", help="name of the study folder under --results (default: the preset's name)")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="where study folders go")
+    parser.add_argument("--strategy", choices=["default", *STRATEGIES], default="default",
+                        help="towers: the paper's two-GPU layout, one process per tower")
+    parser.add_argument("--wandb-project", default="alexnet-lightning")
+    parser.add_argument("--config", dest="extra_configs", action="append", type=Path, default=[], metavar="YAML",
+                        help="further config overlays for every cell (e.g. trainer settings)")
+    args = parser.parse_args(argv)
+    for name in args.variants or []:
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.data_root is not None and not args.data_root.exists():
+        parser.error(f"--data-root {args.data_root} does not exist")
+    for path in args.extra_configs:
+        if not path.is_file():
+            parser.error(f"--config {path} does not exist")
+    args.preset = args.preset or ("paper" if args.data_root else "quick")
+    args.study = args.study or args.preset
+    return args
+
+
+def cells(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(variant, seed) pairs to run, seed by seed so that each seed's comparison completes early."""
+    variants = list(dict.fromkeys(ABLATIONS if args.all else (args.variants or [])))
+    if args.seed is not None:
+        return [(v, args.seed) for v in variants or ["baseline"]]
+    variants = ["baseline", *[v for v in variants if v != "baseline"]]
+    return [(v, seed) for seed in range(args.seeds) for v in variants]
+
+
+def base_configs(args: argparse.Namespace) -> list[Path]:
+    paths = list(PRESETS[args.preset]) + args.extra_configs
+    if args.strategy != "default":
+        paths.append(STRATEGIES[args.strategy])
+    return paths
+
+
+def data_fingerprint(root: Path | None) -> str:
+    """A hash of the relative paths and sizes of the data files: two studies on the same data agree."""
+    if root is None:
+        root = builtin.ensure()
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return commit
+
+
+def study_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs of a study comparable: the resolved base config, the epochs and the data."""
+    config: dict[str, Any] = {}
+    for path in base_configs(args):
+        config = merge(config, yaml.safe_load(path.read_text()) or {})
+    return {
+        "preset": args.preset,
+        "base_config": config,
+        "epochs": args.epochs,
+        "data_root": str(args.data_root.resolve()) if args.data_root else None,
+        "data_fingerprint": data_fingerprint(args.data_root),
+    }
+
+
+def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The study folder; refuses one written by a different config, before any training."""
+    study_dir = args.results / args.study
+    identity = study_identity(args)
+    study_file = study_dir / "study.json"
+    if study_file.exists():
+        recorded = json.loads(study_file.read_text())
+        changed = sorted(k for k in identity if recorded.get(k) != identity[k])
+        if changed:
+            raise SystemExit(
+                f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}). "
+                f"Use --study with a new name, or remove {study_dir}."
+            )
+    else:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        study_file.write_text(json.dumps(identity, indent=2))
+    return study_dir, identity | {"code_version": code_version()}
+
+
+def cell_config(args: argparse.Namespace, cell_dir: Path, variant: str, seed: int, attempt: int) -> dict:
+    """The settings of one cell on top of the preset and the variant's overlay: seed, data, loggers."""
+    config: dict[str, Any] = {
+        "seed_everything": seed,
+        "trainer": {
+            "default_root_dir": str(cell_dir),
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                 "init_args": {"save_dir": str(cell_dir), "name": "csv", "version": f"attempt{attempt:02d}"}},
+                {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                 "init_args": {"project": args.wandb_project, "group": args.study, "name": f"{variant}-seed{seed}",
+                               "tags": [variant, args.preset], "job_type": "ablation", "save_dir": str(cell_dir),
+                               "offline": wandb_offline(), "id": run_id(args.study, variant, seed),
+                               "resume": "allow"}},
+            ],
+        },
+        "data": {"root": str(args.data_root) if args.data_root else None},
+    }
+    if args.epochs is not None:
+        config["trainer"]["max_epochs"] = args.epochs
+    return config
+
+
+def run_id(study: str, variant: str, seed: int) -> str:
+    return hashlib.sha1(f"{study}/{variant}/{seed}".encode()).hexdigest()[:12]
+
+
+def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
+    cell_dir = study_dir / "runs" / variant / f"seed{seed}"
+    if (cell_dir / "result.json").exists():
+        print(f"[{variant} seed {seed}] finished earlier: skipped")
+        return
+    last = cell_dir / "checkpoints" / "last.ckpt"
+    attempt = len(list((cell_dir / "csv").glob("attempt*")))
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    cell_file = cell_dir / "cell.yaml"
+    cell_file.write_text(yaml.safe_dump(cell_config(args, cell_dir, variant, seed, attempt), sort_keys=False))
+    configs = base_configs(args)
+    if get_variant(variant).overrides:
+        configs.append(CONFIGS / "ablations" / f"{variant}.yaml")
+    configs.append(cell_file)
+    print(f"[{variant} seed {seed}] {'resuming from ' + str(last) if last.exists() else 'training'}; configs: "
+          + " ".join(str(p) for p in configs))
+    cli = alexnet_cli.main([a for p in configs for a in ("--config", str(p))], run=False)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    for callback in trainer.checkpoint_callbacks:  # one checkpoint folder per cell, whatever the logger versions
+        callback.dirpath = str(cell_dir / "checkpoints")
+    wandb_logger = trainer.loggers[1]
+    wandb_logger.experiment.config.update(
+        {"resolved_config": cli.config.as_dict(), "variant": variant, "seed": seed, "study": args.study,
+         "code_version": identity["code_version"], "data_fingerprint": identity["data_fingerprint"]},
+        allow_val_change=True,
+    )
+    trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)
+    validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tested = trainer.test(model, data)[0]
+    result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,
+              "code_version": identity["code_version"], "wandb_run_id": wandb_logger.version}
+    wandb_logger.experiment.finish()
+    tmp = cell_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(cell_dir / "result.json")  # a cell counts as finished only once its result is whole
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    study_dir, identity = open_study(args)
+    todo = cells(args)
+    print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
+    for variant, seed in todo:
+        run_cell(args, study_dir, identity, variant, seed)
+    table, paths = write_report(study_dir)
+    print("\n" + table)
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Build the ablation table of a study from its W&B runs.
+
+    python experiments/compare.py --study quick                  # W&B API when online, local runs otherwise
+    python experiments/compare.py --study quick --source local   # the offline W&B runs under results/quick
+
+Online, the runs are those of the W&B project whose group is the study (as experiments/ablate.py logs them, from
+any number of machines). Offline, they are read back from the offline W&B run files in the study folder (or from
+the cells' result.json files when there are none).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from alexnet_lightning.report import load_study, summarise, to_markdown
+from alexnet_lightning.tracking import read_offline_run, wandb_offline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wandb_api_runs(project: str, study: str) -> list[dict[str, Any]]:
+    import wandb
+
+    results = []
+    for run in wandb.Api(timeout=30).runs(project, filters={"group": study}):
+        if run.state == "finished" and "test/top1_error" in run.summary:
+            results.append({"variant": run.config["variant"], "seed": run.config["seed"],
+                            **{k: run.summary[k] for k in ("test/top1_error", "test/top5_error") if k in run.summary}})
+    return results
+
+
+def offline_runs(study_dir: Path) -> list[dict[str, Any]]:
+    """Finished cells of a study, read back from their (latest) offline W&B run files."""
+    results = []
+    for cell in sorted(study_dir.glob("runs/*/seed*")):
+        run_files = sorted(cell.glob("wandb/offline-run-*/run-*.wandb"))
+        if not run_files:
+            continue
+        config, metrics = read_offline_run(run_files[-1])
+        if "test/top1_error" in metrics:
+            results.append({"variant": config["variant"], "seed": config["seed"],
+                            **{k: metrics[k] for k in ("test/top1_error", "test/top5_error") if k in metrics}})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--source", choices=["auto", "wandb", "local"], default="auto")
+    parser.add_argument("--project", default="alexnet-lightning", help="W&B project, or ENTITY/PROJECT")
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    args = parser.parse_args(argv)
+    source = args.source if args.source != "auto" else ("local" if wandb_offline() else "wandb")
+    study_dir = args.results / args.study
+    if source == "wandb":
+        results = wandb_api_runs(args.project, args.study)
+    else:
+        if not study_dir.is_dir():
+            parser.error(f"no study folder {study_dir}")
+        results = offline_runs(study_dir) or load_study(study_dir)[0]
+    if not results:
+        print(f"no finished runs of study {args.study!r} ({source})", file=sys.stderr)
+        return 1
+    print(f"{len(results)} finished run(s) of study {args.study!r} from {source}\n")
+    print(to_markdown(summarise(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

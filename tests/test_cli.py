@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from alexnet_lightning.cli import main
+from tests.conftest import REPO
+
+QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]
+
+
+@pytest.mark.slow
+def test_fit_a_few_steps_then_test_from_the_checkpoint(tiny_imagefolder, tiny_overlay, tmp_path):
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+              "--trainer.default_root_dir", str(tmp_path)]
+    fit = main(["fit", *common, "--trainer.max_steps", "3"])
+    assert fit.trainer.global_step == 3
+    [checkpoint] = tmp_path.glob("**/checkpoints/last.ckpt")
+    assert fit.model.network.classifier.fc8.out_features == 10  # linked from the data
+    assert fit.datamodule.hparams.crop_size == 67  # linked from the network
+
+    test = main(["test", *common, "--ckpt_path", str(checkpoint)])
+    metrics = test.trainer.callback_metrics
+    assert 0 <= float(metrics["test/top1_error"]) <= 1 and 0 <= float(metrics["test/top5_error"]) <= 1
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]["network.features.conv1.weight"]
+    torch.testing.assert_close(test.model.network.features.conv1.weight, saved)
+
+
+def test_paper_config_resolves_to_the_paper_network(tmp_path):
+    cli = main([*QUICK[:2], "--trainer.default_root_dir", str(tmp_path)], run=False)
+    layers = cli.model.network.learned_layers()
+    assert sum(p.numel() for p in cli.model.parameters()) == 60_965_224 - 4_097_000 + 4096 * 10 + 10  # fc8: 10 classes
+    assert layers["conv1"].out_channels == 96 and layers["conv2"].groups == 2
+    assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [(["--model.bogus", "1"], "bogus"),
+     (["--model.drop_layer", "conv6"], "drop_layer"),
+     (["--model.towers", "3"], "towers"),
+     (["--data.mean", "median"], "mean"),
+     (["--model.lr", "fast"], "lr")],
+)
+def test_bad_options_fail_before_training_naming_the_option(args, named, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", *QUICK, *args])
+    assert named in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_config_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  lrm: false\n")
+    with pytest.raises(SystemExit):
+        main(["fit", *QUICK, "--config", str(bad)])
+    assert "lrm" in capsys.readouterr().err
+
+
+def test_impossible_value_fails_at_instantiation_naming_the_option():
+    with pytest.raises(ValueError, match=r"width must be in \(0, 1\], got 0"):
+        main([*QUICK, "--model.width", "0"], run=False)
