@@ -93,13 +93,14 @@ def base_configs(args: argparse.Namespace) -> list[Path]:
 
 
 def data_fingerprint(root: Path | None) -> str:
-    """A hash of the relative paths and sizes of the data files: two studies on the same data agree."""
+    """A hash of the relative paths and sizes of the data files: two studies on the same data agree. The
+    statistics cached beside the data on first use (alexnet_stats_*.pt) are derived from it and left out."""
     if root is None:
         root = builtin.ensure()
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
+        for name in sorted(n for n in filenames if not n.startswith(("alexnet_stats_", ".alexnet_stats_"))):
             path = Path(dirpath, name)
             digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
