@@ -148,6 +148,7 @@ def ensure(seed: int = 0, train_per_class: int = 300, val_per_class: int = 50, c
     partial = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache))
     try:
         generate(partial, seed, train_per_class, val_per_class)
+        partial.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         partial.rename(final)
     except OSError:
         if not final.is_dir():  # another process finishing first is fine

@@ -8,7 +8,6 @@ from collections import OrderedDict
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # Kernels per layer of the full two-tower network (Section 3.5): the totals over both towers.
@@ -32,12 +31,47 @@ def local_response_norm(
     Unlike torch.nn.LocalResponseNorm, alpha is not divided by n, and the window never crosses from
     one tower's maps into the other's (each GPU normalised only the maps it held).
     """
-    n, c, h, w = x.shape
-    per_tower = c // towers
-    squares = x.pow(2).reshape(n, towers, per_tower, h, w)
-    squares = F.pad(squares, (0, 0, 0, 0, size // 2, (size - 1) // 2))
-    window = sum(squares[:, :, j : j + per_tower] for j in range(size))
-    return x / (k + alpha * window.reshape(n, c, h, w)).pow(beta)
+    return _LocalResponseNorm.apply(x, size, alpha, beta, k, towers)
+
+
+def _window_sum(s: torch.Tensor, towers: int, before: int, after: int) -> torch.Tensor:
+    """Sum of s over maps i-before .. i+after of the same tower, by in-place shifted adds (no padded copies)."""
+    n, c, h, w = s.shape
+    maps = s.reshape(n, towers, c // towers, h, w)
+    total = maps.clone()
+    for j in range(1, before + 1):
+        total[:, :, j:] += maps[:, :, :-j]
+    for j in range(1, after + 1):
+        total[:, :, :-j] += maps[:, :, j:]
+    return total.view(n, c, h, w)
+
+
+class _LocalResponseNorm(torch.autograd.Function):
+    """The formula with a hand-written backward: autograd through it keeps many full-size intermediates.
+
+    With d_i = k + alpha * sum_{j in W(i)} a_j^2, b_i = a_i d_i^-beta and upstream gradient g,
+    dL/da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i: j in W(i)} g_i a_i d_i^(-beta-1).
+    Only the input is saved; the backward recomputes d, which is cheaper than storing two more maps.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
+        x = x.contiguous()
+        ctx.save_for_backward(x)
+        ctx.args = (size, alpha, beta, k, towers)
+        d = _window_sum(x * x, towers, size // 2, (size - 1) // 2).mul_(alpha).add_(k)
+        return d.pow_(-beta).mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        size, alpha, beta, k, towers = ctx.args
+        d = _window_sum(x * x, towers, size // 2, (size - 1) // 2).mul_(alpha).add_(k)
+        scale = d.pow(-beta)
+        t = (grad * x).mul_(scale).div_(d)
+        # The transposed window: map j is in the window of map i for i in j-after .. j+before.
+        t = _window_sum(t, towers, (size - 1) // 2, size // 2)
+        return scale.mul_(grad).addcmul_(x, t, value=-2 * alpha * beta), None, None, None, None, None
 
 
 class LocalResponseNorm(nn.Module):

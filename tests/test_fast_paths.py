@@ -1,0 +1,69 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_lightning.module import AlexNetModule
+from alexnet_lightning.network import local_response_norm
+
+
+def plain_lrn(x: torch.Tensor, towers: int, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Tensor:
+    """The paper's formula map by map, per tower, left to autograd: the reference for values and gradients."""
+    out = []
+    for tower in x.chunk(towers, dim=1):
+        c = tower.shape[1]
+        for i in range(c):
+            lo, hi = max(0, i - n // 2), min(c - 1, i + n // 2)
+            out.append(tower[:, i] / (k + alpha * tower[:, lo : hi + 1].pow(2).sum(1)) ** beta)
+    return torch.stack(out, 1)
+
+
+def test_fast_lrn_equals_the_formula_per_tower_in_float64():
+    x = torch.randn(2, 12, 3, 3, dtype=torch.float64) * 30
+    np.testing.assert_allclose(local_response_norm(x, towers=2), plain_lrn(x, 2), rtol=1e-12)
+    # The window stops at the tower boundary: a one-tower window over the same maps gives other values.
+    assert not torch.allclose(local_response_norm(x, towers=2), plain_lrn(x, 1))
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_fast_lrn_gradcheck(towers):
+    x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) * 30).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: local_response_norm(a, towers=towers), (x,))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_fast_lrn_matches_autograd_through_the_formula(dtype, tol):
+    x64 = torch.randn(4, 16, 5, 5, dtype=torch.float64).relu() * 30
+    grad = torch.randn_like(x64)
+    expected = torch.func.vjp(lambda a: plain_lrn(a, 2), x64)
+    x = x64.to(dtype).requires_grad_()
+    y = local_response_norm(x, towers=2)
+    y.backward(grad.to(dtype))
+    torch.testing.assert_close(y.double(), expected[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(x.grad.double(), expected[1](grad)[0], rtol=tol, atol=tol)
+
+
+def small_module(**options) -> AlexNetModule:
+    torch.manual_seed(0)
+    return AlexNetModule(0.01, 0.9, 5e-4, 0.1, 3, num_classes=10, width=0.25, input_size=67, dropout=0.0, **options)
+
+
+def outputs_and_grads(module: AlexNetModule, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    module.configure_model()
+    y = module(x)
+    y.square().sum().backward()
+    return y, [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("option", ["channels_last", pytest.param("compile", marks=pytest.mark.slow)])
+def test_speed_options_give_the_plain_results(option):
+    x = torch.randn(4, 3, 67, 67)
+    plain = small_module()
+    fast = small_module(**{option: True})
+    fast.network.load_state_dict(copy.deepcopy(plain.network.state_dict()))
+    y0, g0 = outputs_and_grads(plain, x)
+    y1, g1 = outputs_and_grads(fast, x)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
