@@ -65,11 +65,6 @@ def measure(model: nn.Module, batch: int, size: int, warmup: int, iters: int, de
             "paper_90_epochs_h": PAPER_EPOCHS * PAPER_IMAGES / (batch / seconds) / 3600}
 
 
-def data_pipeline_benchmark(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Reserved: the data-pipeline benchmark goes here (another engineer's part)."""
-    return {}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -95,7 +90,6 @@ def main() -> None:
                                                          args.iters, device, **option)
         results["paper, our LRN, compiled"] = measure(torch.compile(AlexNet()), args.batch, args.size,
                                                       args.warmup, args.iters, device)
-    results |= data_pipeline_benchmark(args)
     print(f"{device}, batch {args.batch}, {args.size}x{args.size}, training step (forward + backward + SGD)")
     print(f"{'model':<40} {'img/s':>8} {'GFLOP/s':>8} {'90 epochs (h)':>14}")
     for name, r in results.items():
