@@ -20,5 +20,10 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
     )
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns)."""
     main()
+
+
+if __name__ == "__main__":
+    console()

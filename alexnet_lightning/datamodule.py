@@ -99,8 +99,8 @@ class _LogSkippedFiles(L.Callback):
     def _log(self, module: L.LightningModule, stage: str) -> None:
         skipped = self.datamodule.skipped_files.float()
         module.log(
-            f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True
-        )
+            f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
+        )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
         self._log(module, "train")

@@ -90,7 +90,8 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
     [(["--no-lrm"], "unrecognized arguments: --no-lrm"),
      (["--variant", "no_lrm"], "unknown variant 'no_lrm'"),
      (["--data-root", "/nonexistent/imagenet"], "--data-root /nonexistent/imagenet does not exist"),
-     (["--seeds", "0"], "--seeds must be at least 1")],
+     (["--seeds", "0"], "--seeds must be at least 1"),
+     (["--no-split", "--strategy", "towers"], "--strategy towers needs two towers; no_split has one")],
 )
 def test_bad_input_fails_before_training(argv, message, capsys):
     with pytest.raises(SystemExit):
