@@ -71,8 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for path in args.extra_configs:
         if not path.is_file():
             parser.error(f"--config {path} does not exist")
-    one_tower = [n for n in (ABLATIONS if args.all else args.variants or [])
-                 if VARIANTS[n].overrides.get("model", {}).get("towers") == 1]
+    one_tower = sorted({v for v, _ in cells(args) if VARIANTS[v].overrides.get("model", {}).get("towers") == 1})
     if args.strategy == "towers" and one_tower:
         parser.error(f"--strategy towers needs two towers; {', '.join(one_tower)} has one")
     args.preset = args.preset or ("paper" if args.data_root else "quick")
