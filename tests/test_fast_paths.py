@@ -27,9 +27,12 @@ def test_fast_lrn_equals_the_formula_per_tower_in_float64():
 
 
 @pytest.mark.parametrize("towers", [1, 2])
-def test_fast_lrn_gradcheck(towers):
+@pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 takes the rsqrt path, any other beta takes pow
+def test_fast_lrn_gradcheck(towers, beta):
     x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) * 30).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: local_response_norm(a, towers=towers), (x,))
+    assert torch.autograd.gradcheck(lambda a: local_response_norm(a, beta=beta, towers=towers), (x,))
+    np.testing.assert_allclose(local_response_norm(x, beta=beta, towers=towers).detach(),
+                               plain_lrn(x.detach(), towers, beta=beta), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
