@@ -4,7 +4,13 @@ The data root is one of:
 - ``None``: the built-in stand-in (``builtin.py``), generated on first use into the cache folder;
 - an ImageFolder layout, ``<root>/train/<class>/<image>`` and ``<root>/val/<class>/<image>``;
 - the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
-  ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` extracts on first use.
+  ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` extracts on first use;
+- a prepared folder (``prepared.json`` and 256x256 uint8 shards, ``prepared.py``): the fast path, which
+  augments whole batches on the device instead of decoding and transforming files image by image.
+
+Training batches are resumable: the sampler shuffles by (seed, epoch), each sample's augmentation is
+seeded by (seed, epoch, index), and the loader's position is saved in checkpoints, so a run resumed
+mid-epoch sees the batches an uninterrupted run would have seen.
 
 ImageNet's test labels are not public, so the test split is the validation folder, with ten crops.
 """
@@ -22,12 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet
 from torchvision.datasets.folder import find_classes
 from tqdm import tqdm
 
-from alexnet_lightning import builtin
+from alexnet_lightning import builtin, prepared
 from alexnet_lightning.statistics import Statistics, load_or_compute
 from alexnet_lightning.transforms import EvalPreset, TrainPreset, load_rgb, rescale_and_centre
 
@@ -46,7 +52,11 @@ class SkipUnreadable(Dataset):
     def __len__(self) -> int:
         return len(self.folder)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[Tensor, int] | None:
+        if isinstance(index, tuple):  # (seed, epoch, index) from ResumableSampler: seed this sample's augmentation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(prepared.sample_seed(*index))
+                return self[index[2]]
         try:
             return self.folder[index]
         except UNREADABLE as err:
@@ -69,12 +79,56 @@ def collate_skipping_unreadable(
     return images, labels, skipped
 
 
-def _layout(root: Path) -> Literal["archives", "folders"]:
-    """Which kind of data root ``root`` is; raises, naming the path, if it is neither."""
+class ResumableSampler(DistributedSampler):
+    """Shuffles by (seed, epoch) as DistributedSampler does and yields ``(seed, epoch, index)`` keys, so that
+    a sample's augmentation depends on the key alone; ``resume_at = (epoch, batches)`` starts that epoch
+    after the batches already trained (a mid-epoch resume)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.resume_at = batch_size, (-1, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        indices = list(super().__iter__())
+        if self.resume_at[0] == self.epoch:
+            indices = indices[self.resume_at[1] * self.batch_size :]
+        return iter([(self.seed, self.epoch, index) for index in indices])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints and restores (its state_dict interface):
+    ``progress()`` gives (epoch, batches trained in it) when a checkpoint is written."""
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self.progress()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at = (state["epoch"], state["batches"])
+
+
+def _as_batch(batch: Any) -> Any:
+    """The collate function of prepared splits, which read whole batches themselves."""
+    return batch
+
+
+def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
+    """Which kind of data root ``root`` is; raises, naming the path, if it is none of them."""
     if not root.is_dir():
         raise FileNotFoundError(f"Data root {root} does not exist or is not a folder.")
+    if (root / "prepared.json").is_file():
+        return "prepared"
     if all((root / archive).is_file() for archive in ARCHIVES):
         return "archives"
+    if any((root / "train").glob("*.images.npy")):
+        raise FileNotFoundError(
+            f"{root} holds prepared shards but no {root / 'prepared.json'}: the prepare did not finish; run "
+            f"`python -m alexnet_lightning.prepared SOURCE {root}` again to complete it"
+        )
     missing = [str(root / split) for split in SPLITS if not (root / split).is_dir()]
     if missing:
         raise FileNotFoundError(
@@ -127,8 +181,9 @@ class ImageNetDataModule(L.LightningDataModule):
     Args:
         batch_size: Images per batch (the paper: 128).
         root: Data root: an ImageFolder layout (``train/<class>/*``, ``val/<class>/*``), or a folder
-            with the ILSVRC-2012 archives (extracted on first use). ``None``: the built-in stand-in,
-            generated on first use into ``$ALEXNET_LIGHTNING_CACHE`` (default ``~/.cache/alexnet-lightning``).
+            with the ILSVRC-2012 archives (extracted on first use), or a prepared folder
+            (``python -m alexnet_lightning.prepared``). ``None``: the built-in stand-in, generated on first
+            use into ``$ALEXNET_LIGHTNING_CACHE`` (default ``~/.cache/alexnet-lightning``).
         resize_size: Side of the central square the images are rescaled to once (the paper: 256).
         crop_size: Side of the crops the network sees. The paper writes 224, but its layer sizes need
             227, Caffe's choice.
@@ -140,6 +195,9 @@ class ImageNetDataModule(L.LightningDataModule):
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
+        prepared: A folder for the fast path: ``root`` is converted into 256x256 shards there on first use
+            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time) and
+            read from it instead of ``root``. Same distribution of inputs; no decoding while training.
     """
 
     def __init__(
@@ -153,6 +211,7 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting_std: float = 0.1,
         num_workers: int | None = None,
         statistics_images: int = 10_000,
+        prepared: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -162,13 +221,33 @@ class ImageNetDataModule(L.LightningDataModule):
             self.num_classes = builtin.NUM_CLASSES
         elif self.layout == "archives":
             self.num_classes = 1000
+        elif self.layout == "prepared":
+            self.num_classes = len(self._prepared_meta(Path(root))["classes"])
         else:
             self.num_classes = len(find_classes(Path(root) / "train")[0])
+        if prepared is not None and self.layout == "prepared":
+            raise ValueError(f"--data.root {root} is already a prepared folder: leave out --data.prepared")
         self.skipped_files = torch.tensor(0)
+        self.augmentation: prepared.BatchAugmentation | None = None
+
+    def _prepared_meta(self, root: Path) -> dict:
+        meta = prepared.read_meta(root)
+        if meta["size"] != self.hparams.resize_size:
+            raise ValueError(
+                f"{root / 'prepared.json'} holds {meta['size']}x{meta['size']} images but --data.resize_size is "
+                f"{self.hparams.resize_size}: prepare again with --size {self.hparams.resize_size}"
+            )
+        return meta
 
     def data_root(self) -> Path:
-        """The data root; for the built-in stand-in, its cache folder (generated on first use)."""
+        """The root read from: the prepared folder if there is one, else the data root; for the built-in
+        stand-in, its cache folder (generated on first use)."""
+        if self.hparams.prepared is not None and (Path(self.hparams.prepared) / "prepared.json").is_file():
+            return Path(self.hparams.prepared)
         return builtin.ensure() if self.hparams.root is None else Path(self.hparams.root)
+
+    def _reads_prepared(self) -> bool:
+        return self.layout == "prepared" or self.hparams.prepared is not None
 
     def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> SkipUnreadable:
         root = self.data_root()
@@ -190,22 +269,48 @@ class ImageNetDataModule(L.LightningDataModule):
         return SkipUnreadable(dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:
-        return DataLoader(
-            dataset,
+        options = dict(
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
-            collate_fn=partial(collate_skipping_unreadable, image_shape=image_shape),
+            # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
+            # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
+            generator=torch.Generator(),
+            collate_fn=_as_batch
+            if isinstance(dataset, prepared.PreparedSplit)
+            else partial(collate_skipping_unreadable, image_shape=image_shape),
         )
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        trainer = self.trainer
+        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer else None
+        sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                                   **(replicas or {}))
+
+        def progress() -> tuple[int, int]:
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        return ResumableLoader(dataset, sampler=sampler, progress=progress, **options)
 
     def statistics(self) -> Statistics:
         """The training set's mean image and RGB eigen-decomposition at ``resize_size``: loaded from the
         cache beside the data, else computed from ``statistics_images`` sampled training images and
         cached, else (nothing readable) the published values."""
         size = self.hparams.resize_size
+        root = self.data_root()
+        if (root / "prepared.json").is_file():
+            train = prepared.PreparedSplit(root, "train")
+            count = min(len(train), self.hparams.statistics_images)
+            sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
+            chunks = [sample[i : i + 256] for i in range(0, count, 256)]
+
+            def batches() -> Iterator[Tensor]:
+                for chunk in tqdm(chunks, desc="Training-set statistics"):
+                    yield train.__getitems__(chunk)[0].float().div_(255)
+
+            return load_or_compute(root, size, batches)
 
         def batches() -> Iterator[Tensor]:
             train = self._dataset("train", rescale_and_centre(size))
@@ -214,11 +319,15 @@ class ImageNetDataModule(L.LightningDataModule):
             loader = self._loader(Subset(train, sample.tolist()), shuffle=False, image_shape=(3, size, size))
             return (images for images, _, _ in tqdm(loader, desc="Training-set statistics"))
 
-        return load_or_compute(self.data_root(), size, batches)
+        return load_or_compute(root, size, batches)
 
     def prepare_data(self) -> None:
-        """Once per node: generates the built-in set or extracts the archives, then computes the statistics."""
-        if self.layout == "archives":
+        """Once per node: generates the built-in set or extracts the archives, writes the prepared shards if
+        asked to, then computes the statistics."""
+        if self.hparams.prepared is not None and not (Path(self.hparams.prepared) / "prepared.json").is_file():
+            prepared.prepare(self.hparams.root, Path(self.hparams.prepared), self.hparams.resize_size,
+                             workers=self.num_workers)
+        elif self.layout == "archives":
             for split in SPLITS:
                 ImageNet(self.hparams.root, split)
         self.statistics()
@@ -227,13 +336,22 @@ class ImageNetDataModule(L.LightningDataModule):
         stats = self.statistics()
         mean = stats.mean_image if self.hparams.mean == "image" else stats.mean_image.mean((1, 2))
         resize, crop = self.hparams.resize_size, self.hparams.crop_size
-        if stage == "fit":
+        if self._reads_prepared():
+            root = self.data_root()
+            if not (root / "prepared.json").is_file():
+                raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
+            self._prepared_meta(root)
+            lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
+            self.augmentation = prepared.BatchAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std)
+            self.train_set = prepared.PreparedSplit(root, "train")
+            self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
+        elif stage == "fit":
             lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
             train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std)
             self.train_set = self._dataset("train", train)
-        if stage in ("fit", "validate"):
+        if stage in ("fit", "validate") and not self._reads_prepared():
             self.val_set = self._dataset("val", EvalPreset(mean, resize, crop))
-        if stage == "test":
+        if stage == "test" and not self._reads_prepared():
             self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True))
         if self.trainer is not None and not any(isinstance(c, _LogSkippedFiles) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(_LogSkippedFiles(self))
@@ -250,9 +368,18 @@ class ImageNetDataModule(L.LightningDataModule):
         crop = self.hparams.crop_size
         return self._loader(self.test_set, shuffle=False, image_shape=(10, 3, crop, crop))
 
-    def on_after_batch_transfer(
-        self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int
-    ) -> tuple[Tensor, Tensor]:
-        """Takes the skipped-file count off the batch (``_LogSkippedFiles`` logs it): the model sees ``(x, y)``."""
-        images, labels, self.skipped_files = batch
-        return images, labels
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Takes the skipped-file count off the batch (``_LogSkippedFiles`` logs it) and augments prepared
+        batches on their device: the model sees ``(x, y)``."""
+        if self.augmentation is None:
+            images, labels, self.skipped_files = batch
+            return images, labels
+        images, labels, self.skipped_files, seed = batch
+        stage = "train" if self.trainer.training else "test" if self.trainer.testing else "val"
+        return self.augment(images, stage, int(seed)), labels
+
+    def augment(self, images: Tensor, stage: Literal["train", "val", "test"], seed: int = -1) -> Tensor:
+        """A prepared uint8 batch through the stage's pipeline (after ``setup``)."""
+        if stage == "train":
+            return self.augmentation.train(images, seed)
+        return self.augmentation.ten_crops(images) if stage == "test" else self.augmentation.centre(images)

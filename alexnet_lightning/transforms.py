@@ -33,16 +33,14 @@ def load_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def resize_and_centre(resize_size: int) -> v2.Compose:
+    """The paper's once-only step: shorter side to ``resize_size``, central square, uint8 RGB [3, S, S]."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(resize_size, antialias=True), v2.CenterCrop(resize_size)])
+
+
 def rescale_and_centre(resize_size: int) -> v2.Compose:
-    """The paper's once-only step: shorter side to ``resize_size``, central square, float RGB in [0, 1]."""
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(resize_size, antialias=True),
-            v2.CenterCrop(resize_size),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
+    """``resize_and_centre``, then float RGB in [0, 1]."""
+    return v2.Compose([resize_and_centre(resize_size), v2.ToDtype(torch.float32, scale=True)])
 
 
 class SubtractMean(nn.Module):

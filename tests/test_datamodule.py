@@ -15,7 +15,7 @@ from torch.utils.data import RandomSampler
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning import builtin, statistics
-from alexnet_lightning.datamodule import ARCHIVES, ImageNetDataModule, collate_skipping_unreadable
+from alexnet_lightning.datamodule import ARCHIVES, ImageNetDataModule, ResumableSampler, collate_skipping_unreadable
 from alexnet_lightning.transforms import load_rgb, rescale_and_centre
 
 RESIZE, CROP = 24, 20
@@ -76,7 +76,8 @@ def test_loader_defaults(tmp_path, cache) -> None:
     assert dm.num_workers == min(8, os.cpu_count())
     dm.setup("fit")
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and not isinstance(val.sampler, RandomSampler)
+    assert isinstance(train.sampler, ResumableSampler) and train.sampler.shuffle
+    assert not isinstance(val.sampler, (RandomSampler, ResumableSampler))
     assert train.persistent_workers and not train.drop_last
     assert train.pin_memory == torch.cuda.is_available()
 

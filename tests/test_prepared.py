@@ -1,0 +1,218 @@
+"""The prepared-data fast path: shards equal the reference's resized images, batch augmentation equals the
+reference transforms, and training batches resume mid-epoch where they left off."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from alexnet_lightning import prepared
+from alexnet_lightning.datamodule import ImageNetDataModule, ResumableSampler, SkipUnreadable
+from alexnet_lightning.prepared import BatchAugmentation, PreparedSplit
+from alexnet_lightning.transforms import (
+    EvalPreset,
+    TrainPreset,
+    load_rgb,
+    pca_lighting,
+    resize_and_centre,
+    ten_crop,
+)
+from tests.test_datamodule import CROP, RESIZE, make_folder
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_LIGHTNING_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def source(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=5)
+    (root / "train" / "b" / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_shards_hold_the_reference_images_and_skip_unreadable_files(tmp_path, source, cache):
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
+    meta = prepared.read_meta(dest)
+    assert meta["classes"] == ["a", "b", "c"] and meta["size"] == RESIZE
+    assert meta["splits"]["train"] == {"shards": 4, "images": 15, "skipped": [str(source / "train/b/broken.jpg")]}
+    for split in ("train", "val"):
+        files = sorted(p for p in (source / split).rglob("*.jpg") if p.name != "broken.jpg")
+        images, labels, _, seed = PreparedSplit(dest, split).__getitems__(list(range(len(files))))
+        assert seed.item() == -1
+        assert labels.tolist() == [["a", "b", "c"].index(p.parent.name) for p in files]
+        for image, path in zip(images, files):
+            assert torch.equal(image, resize_and_centre(RESIZE)(load_rgb(path)))
+
+
+def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source, cache):
+    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
+    before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
+    (dest / "train" / "00002.json").unlink()  # as if killed while writing shard 2
+    (dest / "prepared.json").unlink()
+    (dest / "train" / "00001.images.npy").write_bytes(b"kept: shard 1 finished")
+    with pytest.raises(FileNotFoundError, match="no .*prepared.json: the prepare did not finish"):
+        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
+    prepared.prepare(str(source), dest, RESIZE, shard_size=4)
+    after = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
+    assert after["00001.images.npy"] == b"kept: shard 1 finished"  # finished shards are not written again
+    assert after["00002.images.npy"] == before["00002.images.npy"] and after["00002.json"] == before["00002.json"]
+
+
+def test_wrong_size_and_format_name_the_file_and_the_flag(tmp_path, source, cache):
+    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE)
+    with pytest.raises(ValueError, match=r"prepared.json holds 24x24 images but --data.resize_size is 32"):
+        ImageNetDataModule(4, root=str(dest), resize_size=32)
+    meta = json.loads((dest / "prepared.json").read_text())
+    (dest / "prepared.json").write_text(json.dumps(meta | {"format": 99}))
+    with pytest.raises(ValueError, match="prepared.json has format 99"):
+        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
+
+
+def reference_train_steps(mean, eigval, eigvec, lighting_std=0.1):
+    """TrainPreset after its resize step: mean subtraction, random crop, mirror, lighting."""
+    return v2.Compose(TrainPreset(mean, eigval, eigvec, RESIZE, CROP, lighting_std).transforms.transforms[1:])
+
+
+def statistics_like():
+    g = torch.Generator().manual_seed(0)
+    eigvec = torch.linalg.qr(torch.randn(3, 3, generator=g))[0]
+    return torch.rand(3, RESIZE, RESIZE, generator=g), torch.rand(3, generator=g) * 4 + 2, eigvec
+
+
+def test_batch_augmentation_equals_the_reference_operations_image_by_image():
+    mean, eigval, eigvec = statistics_like()
+    images = torch.randint(0, 256, (6, 3, RESIZE, RESIZE), dtype=torch.uint8)
+    augmentation = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1)
+    top, left, flip, alpha = augmentation.sample(6, RESIZE, seed=3)
+    assert flip.any() and not flip.all()
+    out = augmentation.apply(images, top, left, flip, alpha)
+    for i in range(6):
+        x = F.crop(F.to_dtype(images[i], torch.float32, scale=True) - mean, top[i], left[i], CROP, CROP)
+        x = F.horizontal_flip(x) if flip[i] else x
+        torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval, eigvec), rtol=0, atol=1e-6)
+    # Validation and test: exactly EvalPreset's centre crop and ten crops.
+    subtract_mean = EvalPreset(mean, RESIZE, CROP).prepare.transforms[1]
+    centre, crops = augmentation.centre(images), augmentation.ten_crops(images)
+    for i in range(6):
+        centred = subtract_mean(F.to_dtype(images[i], torch.float32, scale=True))
+        assert torch.equal(centre[i], F.center_crop(centred, [CROP, CROP]))
+        assert torch.equal(crops[i], ten_crop(centred, CROP))
+
+
+def test_batch_augmentation_samples_the_reference_distribution():
+    mean, eigval, eigvec = statistics_like()
+    augmentation = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1)
+    top, left, flip, alpha = augmentation.sample(20_000, RESIZE, seed=0)
+    # Every offset 0 .. RESIZE - CROP (as RandomCrop's), none outside, about equally often.
+    for offsets in (top, left):
+        counts = torch.bincount(offsets, minlength=RESIZE - CROP + 1)
+        assert len(counts) == RESIZE - CROP + 1 and counts.min() > 0.8 * counts.float().mean()
+    assert abs(flip.float().mean() - 0.5) < 0.02
+    assert abs(alpha.std() - 0.1) < 0.005 and abs(alpha.mean()) < 0.005
+    # And the whole output: per-pixel mean and spread over many draws match the reference pipeline's.
+    ramp = torch.linspace(0, 255, RESIZE).round().to(torch.uint8).expand(RESIZE, RESIZE)
+    image = torch.stack([ramp, ramp.T, 255 - ramp])  # horizontal and vertical structure: crops and mirrors show
+    draws = 4000
+    ours = torch.cat([augmentation.train(image.expand(200, -1, -1, -1), seed=s) for s in range(draws // 200)])
+    torch.manual_seed(0)
+    reference = reference_train_steps(mean, eigval, eigvec)
+    theirs = torch.stack([reference(F.to_dtype(image, torch.float32, scale=True)) for _ in range(draws)])
+    torch.testing.assert_close(ours.mean(0), theirs.mean(0), rtol=0, atol=0.06)
+    torch.testing.assert_close(ours.std(0), theirs.std(0), rtol=0, atol=0.06)
+
+
+def test_no_lighting_and_channel_mean():
+    mean, eigval, eigvec = statistics_like()
+    images = torch.randint(0, 256, (4, 3, RESIZE, RESIZE), dtype=torch.uint8)
+    plain = BatchAugmentation(mean.mean((1, 2)), eigval, eigvec, CROP, None)
+    out = plain.train(images, seed=1)
+    top, left, flip, _ = plain.sample(4, RESIZE, seed=1)
+    for i in range(4):
+        x = F.crop(F.to_dtype(images[i], torch.float32, scale=True) - mean.mean((1, 2)).view(3, 1, 1),
+                   top[i], left[i], CROP, CROP)
+        assert torch.equal(out[i], F.horizontal_flip(x) if flip[i] else x)
+
+
+def test_resumable_sampler_continues_the_same_permutation():
+    data = list(range(50))
+    full = ResumableSampler(data, batch_size=4, seed=7)
+    full.set_epoch(3)
+    keys = list(full)
+    assert sorted(k[2] for k in keys) == data and {k[:2] for k in keys} == {(7, 3)}
+    resumed = ResumableSampler(data, batch_size=4, seed=7)
+    resumed.resume_at = (3, 5)
+    resumed.set_epoch(3)
+    assert list(resumed) == keys[20:]
+    resumed.set_epoch(4)  # the next epoch is whole again, and shuffled differently
+    assert len(list(resumed)) == 50 and [k[2] for k in resumed] != [k[2] for k in keys]
+    # Data parallel: the replicas split the epoch between them.
+    halves = [{k[2] for k in ResumableSampler(data, 4, 7, num_replicas=2, rank=r)} for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 25 and halves[0] | halves[1] == set(data)
+
+
+def test_a_sample_is_augmented_by_its_key_alone(tmp_path, source, cache):
+    dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0)
+    dm.setup("fit")
+    dataset: SkipUnreadable = dm.train_set
+    torch.manual_seed(1)
+    a = dataset[(0, 2, 5)][0]
+    state = torch.get_rng_state()
+    torch.manual_seed(2)
+    assert torch.equal(dataset[(0, 2, 5)][0], a)
+    assert not torch.equal(dataset[(0, 3, 5)][0], a)  # another epoch, other crops
+    torch.manual_seed(1)
+    dataset[(0, 2, 5)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream (dropout) is untouched
+
+
+def test_prepared_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_path, source, cache):
+    dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0,
+                            prepared=str(tmp_path / "prep"))
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        dm.prepare_data()
+    assert dm.data_root() == tmp_path / "prep"
+    dm.setup("fit")
+    dm.setup("test")
+    images, labels, skipped, seed = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, RESIZE, RESIZE) and seed.item() >= 0
+    assert dm.augment(images, "train", int(seed)).shape == (4, 3, CROP, CROP)
+    assert dm.augment(images, "val").shape == (4, 3, CROP, CROP)
+    assert dm.augment(images, "test").shape == (4, 10, 3, CROP, CROP)
+    # The statistics come from the shards: the mean image of the 15 readable training images.
+    shards = PreparedSplit(tmp_path / "prep", "train")
+    expected = shards.__getitems__(list(range(15)))[0].double().div(255).mean(0).float()
+    torch.testing.assert_close(dm.statistics().mean_image, expected, rtol=0, atol=1e-6)
+    shutil.rmtree(source)  # from now on nothing reads the source
+    again = ImageNetDataModule(4, root=str(tmp_path / "prep"), resize_size=RESIZE, crop_size=CROP, num_workers=2)
+    again.setup("fit")
+    assert len(again.train_set) == 15 and again.num_classes == 3
+    batches = list(again.train_dataloader())  # through loader processes, which open their own memory maps
+    assert sum(len(b[1]) for b in batches) == 15
+    assert np.array_equal(sorted(torch.cat([b[1] for b in batches]).tolist()), sorted(shards.labels.tolist()))
+
+
+@pytest.mark.slow
+def test_cli_fit_and_test_from_prepared_shards(tiny_imagefolder, tiny_overlay, tmp_path, cache, monkeypatch):
+    from alexnet_lightning.cli import main
+    from tests.test_cli import QUICK
+
+    calls = []
+    for name in ("train", "centre", "ten_crops"):
+        method = getattr(BatchAugmentation, name)
+        monkeypatch.setattr(BatchAugmentation, name,
+                            lambda self, *a, _m=method, _n=name: calls.append(_n) or _m(self, *a))
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+              "--data.prepared", str(tmp_path / "prep"), "--trainer.default_root_dir", str(tmp_path)]
+    fit = main(["fit", *common, "--trainer.num_sanity_val_steps", "0"])
+    assert fit.trainer.global_step == 4 and (tmp_path / "prep" / "prepared.json").is_file()
+    assert calls == ["train"] * 4 + ["centre"] * 2  # 60 training and 30 validation images, batches of 16
+    calls.clear()
+    test = main(["test", *common, "--ckpt_path", str(next(tmp_path.glob("**/last.ckpt")))])
+    assert calls == ["ten_crops"] * 2 and 0 <= float(test.trainer.callback_metrics["test/top1_error"]) <= 1
