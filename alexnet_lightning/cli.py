@@ -1,9 +1,26 @@
-"""The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`."""
+"""The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`.
 
+A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.ckpt` in the checkpoint folder,
+`<default_root_dir>/checkpoints` unless the config names another.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.module import AlexNetModule
+from alexnet_lightning.reliability import (
+    AtomicCheckpointIO,
+    CheckpointOnSigterm,
+    RandomState,
+    StopOnNonFiniteLoss,
+    check_writable,
+)
 
 
 class AlexNetCLI(LightningCLI):
@@ -12,11 +29,31 @@ class AlexNetCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("model.input_size", "data.crop_size")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Checkpoints are written atomically, unless the config brings its own CheckpointIO.
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        own_io = getattr(config.get("strategy"), "_checkpoint_io", None) or any(
+            isinstance(p, CheckpointIO) for p in plugins
+        )
+        if not own_io:
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:  # one folder for all attempts, where `--ckpt_path last` looks
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        return trainer
+
+    def before_fit(self) -> None:
+        check_writable(self.trainer)
+
 
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
     return AlexNetCLI(
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm()]},
     )
 
 

@@ -181,18 +181,24 @@ class BatchAugmentation:
         return self.apply(images, top, left, flip, alpha if self.lighting_std is not None else None)
 
     def apply(self, images: Tensor, top: Tensor, left: Tensor, flip: Tensor, alpha: Tensor | None) -> Tensor:
-        """Crops image i at (top[i], left[i]), mirrors it if flip[i] and adds the lighting of alpha[i]."""
+        """Crops image i at (top[i], left[i]), mirrors it if flip[i] and adds the lighting of alpha[i].
+
+        The reference's operations in its order (to float, scale, subtract the mean, crop, mirror, lighting),
+        written in place into one float batch: cropping and mirroring commute with the pixelwise steps.
+        """
         self._to(images.device)
-        c = self.crop
-        per_pixel = self.mean.shape[-1] > 1
-        crops = images.new_empty(len(images), 3, c, c)
-        means = self.mean.new_empty(len(images), 3, c, c) if per_pixel else self.mean
-        for i, (t, s, mirror) in enumerate(zip(top.tolist(), left.tolist(), flip.tolist())):
-            crops[i] = images[i, :, t : t + c, s : s + c].flip(-1) if mirror else images[i, :, t : t + c, s : s + c]
-            if per_pixel:
-                mean = self.mean[:, t : t + c, s : s + c]
-                means[i] = mean.flip(-1) if mirror else mean
-        x = F.to_dtype(crops, torch.float32, scale=True) - means
+        c, per_pixel = self.crop, self.mean.shape[-1] > 1
+        windows = [(slice(t, t + c), slice(s, s + c), m) for t, s, m in zip(top.tolist(), left.tolist(), flip.tolist())]
+        x = torch.empty(len(images), 3, c, c, device=images.device)
+        for i, (rows, cols, mirror) in enumerate(windows):
+            crop = images[i, :, rows, cols]
+            x[i] = crop.flip(-1) if mirror else crop  # uint8 to float32 in the copy
+        x.mul_(1 / 255)  # what to_dtype(..., scale=True) does after its conversion
+        if not per_pixel:
+            x.sub_(self.mean)
+        for i, (rows, cols, mirror) in enumerate(windows if per_pixel else []):
+            mean = self.mean[:, rows, cols]
+            x[i].sub_(mean.flip(-1) if mirror else mean)
         if alpha is not None:
             x += self._lighting(alpha)[..., None, None]
         return x

@@ -2,9 +2,12 @@
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
 
 
 def wandb_offline() -> bool:
@@ -15,6 +18,36 @@ def wandb_offline() -> bool:
     netrc = Path.home() / ".netrc"
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
     return not has_key
+
+
+class FallbackWandbLogger(WandbLogger):
+    """A WandbLogger that goes on offline, with one warning, when W&B cannot be reached online (no network, a bad
+    key, a server that does not answer) within `init_timeout` seconds. Takes WandbLogger's arguments.
+
+    After a fallback, WandbLogger's offline mode sets WANDB_MODE=dryrun for the process, so that later runs of the
+    process (the cells of an ablation study) go offline at once, without another wait or warning.
+    """
+
+    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
+        import wandb
+
+        super().__init__(*args, **kwargs)
+        self._wandb_init.setdefault("settings", wandb.Settings(init_timeout=init_timeout))
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and not self._offline:
+            try:
+                return super().experiment
+            except Exception as err:  # wandb raises CommError, UsageError, AuthenticationError, ...
+                warnings.warn(
+                    f"W&B could not be reached ({type(err).__name__}: {str(err).splitlines()[0]}); logging offline "
+                    f"into {self.save_dir}. Upload later with `wandb sync`.",
+                    stacklevel=2,
+                )
+                self._offline = True
+                self._wandb_init["mode"] = "offline"  # the settings read WANDB_MODE when they were made
+        return super().experiment
 
 
 def offline_records(path: Path) -> Iterator[Any]:

@@ -24,6 +24,7 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
+from alexnet_lightning.reliability import check_writable
 from alexnet_lightning.report import write_report
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
@@ -160,7 +161,7 @@ def cell_config(args: argparse.Namespace, cell_dir: Path, variant: str, seed: in
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
                  "init_args": {"save_dir": str(cell_dir), "name": "csv", "version": f"attempt{attempt:02d}"}},
-                {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                {"class_path": "alexnet_lightning.tracking.FallbackWandbLogger",
                  "init_args": {"project": args.wandb_project, "group": args.study, "name": f"{variant}-seed{seed}",
                                "tags": [variant, args.preset], "job_type": "ablation", "save_dir": str(cell_dir),
                                "offline": wandb_offline(), "id": run_id(args.study, variant, seed),
@@ -204,7 +205,8 @@ def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any]
          "code_version": identity["code_version"], "data_fingerprint": identity["data_fingerprint"]},
         allow_val_change=True,
     )
-    trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)
+    check_writable(trainer)
+    trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)  # SIGTERM: exits 143, see reliability
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     tested = trainer.test(model, data)[0]
     result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,

@@ -1,18 +1,32 @@
-"""Training-step throughput of the paper network (our LRN, torch's LRN, no LRN) and torchvision's alexnet.
+"""Throughput in one run: (a) the training step of the paper network (our LRN, torch's LRN, no LRN) and of
+torchvision's alexnet; (b) the training-data pipeline on one core: a classic PIL ImageFolder pipeline, ours
+image by image, and ours from prepared shards with whole-batch augmentation.
 
-    python experiments/benchmark.py [--batch 128] [--warmup 2] [--iters 5] [--json results.json]
+    python experiments/benchmark.py [--batch 128] [--warmup 2] [--iters 5] [--images 512] [--json results.json]
+    python experiments/benchmark.py --only data    # or --only step
+
+The data part writes ImageNet-sized JPEGs (500x375, the ILSVRC-2012 average is about 400x350) into a
+temporary folder, prepares them, and times each pipeline over the same images, files in the page cache.
 """
 
 import argparse
 import json
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms as classic
 
+from alexnet_lightning import prepared
+from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.network import AlexNet, LocalResponseNorm
 
 PAPER_IMAGES, PAPER_EPOCHS = 1_281_167, 90  # ILSVRC-2012 training set, ~90 epochs (Section 5)
@@ -65,15 +79,81 @@ def measure(model: nn.Module, batch: int, size: int, warmup: int, iters: int, de
             "paper_90_epochs_h": PAPER_EPOCHS * PAPER_IMAGES / (batch / seconds) / 3600}
 
 
+def write_jpegs(root: Path, count: int, classes: int = 4) -> None:
+    """ImageNet-like files: smooth random colour fields with noise, 500x375, JPEG quality 90."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        coarse = rng.uniform(0, 255, (6, 8, 3))
+        image = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((500, 375), Image.BICUBIC), np.float32)
+        image = np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+        for split in ("train", "val"):
+            path = root / split / f"c{i % classes}" / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path, quality=90)
+
+
+def images_per_second(batches: Iterable, count: int) -> float:
+    start, seen = time.perf_counter(), 0
+    for batch in batches:
+        seen += len(batch[1])
+    assert seen == count, (seen, count)
+    return count / (time.perf_counter() - start)
+
+
+def data_pipelines(batch: int, count: int) -> dict[str, dict[str, float]]:
+    """Training images per second on one core (no loader processes, one torch thread), each pipeline timed
+    over the same files after a first pass that fills the page cache."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "jpeg"
+        write_jpegs(root, count)
+        dest = prepared.prepare(str(root), Path(tmp) / "prepared")
+        # The torchvision ImageNet example's pipeline, the usual choice.
+        pil = torchvision.datasets.ImageFolder(str(root / "train"), classic.Compose([
+            classic.RandomResizedCrop(224), classic.RandomHorizontalFlip(), classic.ToTensor(),
+            classic.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
+        loaders: dict[str, Callable[[], Iterable]] = {
+            "classic PIL ImageFolder (RandomResizedCrop)": lambda: DataLoader(pil, batch, shuffle=True)}
+        ours = ImageNetDataModule(batch, root=str(root), num_workers=0, statistics_images=count)
+        ours.setup("fit")
+        loaders["ours, image by image (TrainPreset)"] = lambda: (b[:2] for b in ours.train_dataloader())
+        fast = ImageNetDataModule(batch, root=str(dest), num_workers=0, statistics_images=count)
+        fast.setup("fit")
+        loaders["ours, prepared shards + batch augmentation"] = lambda: (
+            (fast.augment(images, "train", int(seed)), labels)
+            for images, labels, _, seed in fast.train_dataloader())
+        for name, loader in loaders.items():
+            images_per_second(loader(), count)  # page cache, allocator
+            results[name] = {"images_per_s_per_core": images_per_second(loader(), count)}
+    torch.set_num_threads(threads)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=227)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--images", type=int, default=512, help="images in the data-pipeline benchmark")
+    parser.add_argument("--only", choices=["step", "data"], help="run one part only")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {"device": device, "batch": args.batch, "size": args.size}
+    if args.only != "step":
+        report["data"] = data_pipelines(args.batch, args.images)
+        print(f"training-data pipeline, {args.images} JPEGs of 500x375, batch {args.batch}, one core")
+        print(f"{'pipeline':<46} {'img/s/core':>10} {'vs classic':>10}")
+        classic_rate = next(iter(report["data"].values()))["images_per_s_per_core"]
+        for name, r in report["data"].items():
+            print(f"{name:<46} {r['images_per_s_per_core']:10.1f} {r['images_per_s_per_core'] / classic_rate:9.1f}x")
+    if args.only == "data":
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return
     models: dict[str, Callable[[], nn.Module]] = {
         "paper, our LRN": AlexNet,
         "paper, nn.LocalResponseNorm": lambda: with_torch_lrn(AlexNet()),
@@ -96,9 +176,9 @@ def main() -> None:
         print(f"{name:<40} {r['images_per_s']:8.1f} {r['gflop_per_s']:8.1f} {r['paper_90_epochs_h']:14.1f}")
     ratio = results["paper, our LRN"]["images_per_s"] / results["paper, no LRN"]["images_per_s"]
     print(f"our LRN / no LRN throughput: {ratio:.0%}")
+    report["step"] = results
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "batch": args.batch, "size": args.size, "results": results}, f, indent=2)
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
