@@ -109,6 +109,7 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.resume_at = (state["epoch"], state["batches"])
+        self.sampler.set_epoch(state["epoch"])  # Lightning starts the resumed epoch's iterator before its set_epoch
 
 
 def _as_batch(batch: Any) -> Any:

@@ -59,6 +59,12 @@ class AlexNetModule(L.LightningModule):
             if num_classes >= 5:
                 metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             setattr(self, f"{stage}_metrics", MetricCollection(metrics))
+        self.train_metrics.persistent(True)  # a checkpoint written mid-epoch holds the epoch's counts so far
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, value in self.state_dict().items():  # checkpoints from before the counts were kept
+            if name.startswith("train_metrics."):
+                checkpoint["state_dict"].setdefault(name, value)
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
