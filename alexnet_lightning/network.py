@@ -30,7 +30,10 @@ def local_response_norm(
 
     Unlike torch.nn.LocalResponseNorm, alpha is not divided by n, and the window never crosses from
     one tower's maps into the other's (each GPU normalised only the maps it held).
+    Half-precision inputs are normalised in float32: in bfloat16, k + alpha * sum rounds to k.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return _LocalResponseNorm.apply(x.float(), size, alpha, beta, k, towers).to(x.dtype)
     return _LocalResponseNorm.apply(x, size, alpha, beta, k, towers)
 
 

@@ -70,3 +70,21 @@ def test_speed_options_give_the_plain_results(option):
     torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_mixed_precision_gives_the_float32_results_within_bf16_tolerance():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    x = torch.randn(4, 3, 67, 67)
+    plain = small_module()
+    y0, g0 = outputs_and_grads(plain, x)
+    mixed = small_module()
+    with MixedPrecision("bf16-mixed", "cpu").forward_context():  # what --trainer.precision bf16-mixed runs in
+        y1 = mixed(x)
+        assert y1.dtype == torch.bfloat16  # autocast is on: the layers computed in bfloat16
+    y1.float().square().sum().backward()
+    torch.testing.assert_close(y1.float(), y0, rtol=0.05, atol=0.05 * y0.abs().max().item())
+    # bfloat16 keeps 8 bits of mantissa: single weight gradients that are sums of many cancelling products
+    # (conv1's) are noisy, the gradient as a whole is not.
+    grads = [torch.cat([p.grad.flatten() for p in module.parameters()]) for module in (mixed, plain)]
+    assert torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.999
