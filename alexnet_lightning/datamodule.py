@@ -105,6 +105,8 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         epoch, batches = self.progress()
+        if batches >= len(self):  # written at the end of an epoch: the resumed run starts the next one
+            epoch, batches = epoch + 1, 0
         return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -196,6 +198,10 @@ class ImageNetDataModule(L.LightningDataModule):
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
+        value_scale: What the centred [0, 1] values are multiplied by. 255: the paper's centred raw pixel
+            values, the scale its LRN constants (k = 2, alpha = 1e-4) and N(0, 0.01) weights act on; at 1.0 (a
+            deviation, the scale of most later code) alpha * sum(a^2) is negligible beside k and LRN is close to a
+            constant factor.
         prepared: A folder for the fast path: ``root`` is converted into 256x256 shards there on first use
             (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time) and
             read from it instead of ``root``. Same distribution of inputs; no decoding while training.
@@ -213,6 +219,7 @@ class ImageNetDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         statistics_images: int = 10_000,
         prepared: str | None = None,
+        value_scale: float = 255.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -336,24 +343,24 @@ class ImageNetDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         stats = self.statistics()
         mean = stats.mean_image if self.hparams.mean == "image" else stats.mean_image.mean((1, 2))
-        resize, crop = self.hparams.resize_size, self.hparams.crop_size
+        resize, crop, scale = self.hparams.resize_size, self.hparams.crop_size, self.hparams.value_scale
         if self._reads_prepared():
             root = self.data_root()
             if not (root / "prepared.json").is_file():
                 raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
             self._prepared_meta(root)
             lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
-            self.augmentation = prepared.BatchAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std)
+            self.augmentation = prepared.BatchAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std, scale)
             self.train_set = prepared.PreparedSplit(root, "train")
             self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
         elif stage == "fit":
             lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
-            train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std)
+            train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale)
             self.train_set = self._dataset("train", train)
         if stage in ("fit", "validate") and not self._reads_prepared():
-            self.val_set = self._dataset("val", EvalPreset(mean, resize, crop))
+            self.val_set = self._dataset("val", EvalPreset(mean, resize, crop, value_scale=scale))
         if stage == "test" and not self._reads_prepared():
-            self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True))
+            self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True, value_scale=scale))
         if self.trainer is not None and not any(isinstance(c, _LogSkippedFiles) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(_LogSkippedFiles(self))
 

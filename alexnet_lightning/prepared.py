@@ -156,9 +156,16 @@ class BatchAugmentation:
     on 0 .. S - crop, mirror with p = 0.5, alpha_i ~ N(0, lighting_std).
     """
 
-    def __init__(self, mean: Tensor, eigval: Tensor, eigvec: Tensor, crop_size: int, lighting_std: float | None):
+    def __init__(
+        self, mean: Tensor, eigval: Tensor, eigvec: Tensor, crop_size: int, lighting_std: float | None,
+        value_scale: float = 1.0,
+    ):
         self.mean = mean if mean.dim() == 3 else mean.view(3, 1, 1)
         self.eigval, self.eigvec, self.crop, self.lighting_std = eigval, eigvec, crop_size, lighting_std
+        self.value_scale = value_scale
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        return x.mul_(self.value_scale) if self.value_scale != 1 else x
 
     def _to(self, device: torch.device) -> None:
         if self.mean.device != device:
@@ -201,19 +208,19 @@ class BatchAugmentation:
             x[i].sub_(mean.flip(-1) if mirror else mean)
         if alpha is not None:
             x += self._lighting(alpha)[..., None, None]
-        return x
+        return self._scaled(x)
 
     def _lighting(self, alpha: Tensor) -> Tensor:
         """eigvec @ (alpha_i * eigval) for every image: [B, 3]."""
         return (alpha.to(self.eigval) * self.eigval) @ self.eigvec.T
 
     def centre(self, images: Tensor) -> Tensor:
-        return F.center_crop(self._centred(images), [self.crop, self.crop])
+        return self._scaled(F.center_crop(self._centred(images), [self.crop, self.crop]))
 
     def ten_crops(self, images: Tensor) -> Tensor:
         """[B, 10, 3, crop, crop] in ``transforms.ten_crop``'s order."""
         crops = F.five_crop(self._centred(images), [self.crop, self.crop])
-        return torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1)
+        return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,8 @@ Every split first decodes to RGB, rescales the shorter side to ``resize_size``, 
 preprocessing"). Training then takes a random ``crop_size`` crop, mirrors it with p = 0.5 and adds
 PCA lighting noise (Section 4.1); validation takes the centre crop; testing takes ten crops
 (Section 4.1: "averaging the predictions made by the network's softmax layer on the ten patches").
-Values stay centred raw RGB in [0, 1] minus the mean: the paper divides by no standard deviation.
+Values are centred RGB: in [0, 1] minus the mean, times ``value_scale`` (255 gives the paper's raw pixel values,
+on which its LRN constants and initialisation act); the paper divides by no standard deviation.
 """
 
 from pathlib import Path
@@ -78,6 +79,17 @@ def ten_crop(image: Tensor, size: int) -> Tensor:
     return torch.stack([*crops, *(F.horizontal_flip(crop) for crop in crops)])
 
 
+class Scale(nn.Module):
+    """Multiplies by a constant: 255 turns centred [0, 1] values into centred raw pixel values."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, image: Tensor) -> Tensor:
+        return image * self.factor
+
+
 class TrainPreset:
     """Random crop, horizontal mirror and PCA lighting of the mean-subtracted image (Section 4.1)."""
 
@@ -89,6 +101,7 @@ class TrainPreset:
         resize_size: int = 256,
         crop_size: int = 227,
         lighting_std: float | None = 0.1,
+        value_scale: float = 1.0,
     ) -> None:
         steps = [
             rescale_and_centre(resize_size),
@@ -98,6 +111,8 @@ class TrainPreset:
         ]
         if lighting_std is not None:
             steps.append(PCALighting(eigval, eigvec, lighting_std))
+        if value_scale != 1:
+            steps.append(Scale(value_scale))
         self.transforms = v2.Compose(steps)
 
     def __call__(self, image: Image.Image) -> Tensor:
@@ -107,12 +122,17 @@ class TrainPreset:
 class EvalPreset:
     """The centre crop (validation) or the ten crops (testing) of the mean-subtracted image."""
 
-    def __init__(self, mean: Tensor, resize_size: int = 256, crop_size: int = 227, ten_crops: bool = False) -> None:
+    def __init__(
+        self, mean: Tensor, resize_size: int = 256, crop_size: int = 227, ten_crops: bool = False,
+        value_scale: float = 1.0,
+    ) -> None:
         self.prepare = v2.Compose([rescale_and_centre(resize_size), SubtractMean(mean)])
-        self.crop_size, self.ten_crops = crop_size, ten_crops
+        self.crop_size, self.ten_crops, self.value_scale = crop_size, ten_crops, value_scale
 
     def __call__(self, image: Image.Image) -> Tensor:
         image = self.prepare(image)
         if self.ten_crops:
-            return ten_crop(image, self.crop_size)
-        return F.center_crop(image, [self.crop_size, self.crop_size])
+            crops = ten_crop(image, self.crop_size)
+        else:
+            crops = F.center_crop(image, [self.crop_size, self.crop_size])
+        return crops * self.value_scale if self.value_scale != 1 else crops

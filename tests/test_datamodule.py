@@ -149,7 +149,10 @@ def test_mean_subtraction_uses_the_stored_mean(tmp_path, cache, mean: str) -> No
     subtracted = known if mean == "image" else known.mean((1, 2), keepdim=True)
     path, _ = dm.val_set.folder.samples[0]
     expected = F.center_crop(rescale_and_centre(RESIZE)(load_rgb(path)) - subtracted, [CROP, CROP])
-    torch.testing.assert_close(dm.val_set[0][0], expected)
+    torch.testing.assert_close(dm.val_set[0][0], 255 * expected)  # the paper's centred raw pixel values
+    unit = datamodule(root, mean=mean, value_scale=1.0)
+    unit.setup("validate")
+    torch.testing.assert_close(unit.val_set[0][0], expected)
 
 
 def test_unreadable_training_set_falls_back_to_the_published_statistics(tmp_path, cache, caplog) -> None:

@@ -98,6 +98,8 @@ def test_batch_augmentation_equals_the_reference_operations_image_by_image():
         x = F.horizontal_flip(x) if flip[i] else x
         torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval, eigvec), rtol=0, atol=1e-6)
     # Validation and test: exactly EvalPreset's centre crop and ten crops.
+    raw = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1, value_scale=255).apply(images, top, left, flip, alpha)
+    assert torch.equal(raw, out * 255)  # the paper's raw pixel scale: the same values times 255
     subtract_mean = EvalPreset(mean, RESIZE, CROP).prepare.transforms[1]
     centre, crops = augmentation.centre(images), augmentation.ten_crops(images)
     for i in range(6):

@@ -32,7 +32,7 @@ class KillAtStep(L.Callback):
 
 def overlay(path: Path, kill_at: int | None = None) -> Path:
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"every_n_train_steps": 1, "save_last": True}}]
+                  "init_args": {"every_n_train_steps": 1, "save_last": True, "save_top_k": -1}}]
     if kill_at is not None:
         callbacks.append({"class_path": "tests.test_resume.KillAtStep", "init_args": {"step": kill_at}})
     path.write_text(yaml.safe_dump({
@@ -80,3 +80,10 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_imagefol
     # Every step's loss, before and after the kill, is the uninterrupted run's.
     assert step_losses(killed_dir) == step_losses(tmp_path / "whole")
     assert len(step_losses(killed_dir)) == 8
+    # Resumed from the checkpoint written at the end of epoch 0's last batch: epoch 1 is trained whole.
+    boundary = main(["fit", *common, "--config", str(overlay(tmp_path / "boundary.yaml")),
+                     "--trainer.default_root_dir", str(tmp_path / "boundary"),
+                     "--ckpt_path", str(tmp_path / "whole" / "checkpoints" / "epoch=0-step=4.ckpt")])
+    assert boundary.trainer.global_step == 8
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(boundary.model.state_dict()[name], value), name
