@@ -24,29 +24,32 @@ class FallbackWandbLogger(WandbLogger):
     """A WandbLogger that goes on offline, with one warning, when W&B cannot be reached online (no network, a bad
     key, a server that does not answer) within `init_timeout` seconds. Takes WandbLogger's arguments.
 
-    After a fallback, WandbLogger's offline mode sets WANDB_MODE=dryrun for the process, so that later runs of the
-    process (the cells of an ablation study) go offline at once, without another wait or warning.
+    After a fallback, the later loggers of the process (the cells of an ablation study) go offline at once, without
+    another wait or warning.
     """
 
-    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
-        import wandb
+    unreachable = False  # W&B could not be reached earlier in this process
 
+    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._wandb_init.setdefault("settings", wandb.Settings(init_timeout=init_timeout))
+        self._wandb_init.setdefault("settings", {"init_timeout": init_timeout})
 
     @property
     def experiment(self) -> Any:
         if self._experiment is None and not self._offline:
-            try:
-                return super().experiment
-            except Exception as err:  # wandb raises CommError, UsageError, AuthenticationError, ...
-                warnings.warn(
-                    f"W&B could not be reached ({type(err).__name__}: {str(err).splitlines()[0]}); logging offline "
-                    f"into {self.save_dir}. Upload later with `wandb sync`.",
-                    stacklevel=2,
-                )
-                self._offline = True
-                self._wandb_init["mode"] = "offline"  # the settings read WANDB_MODE when they were made
+            if not FallbackWandbLogger.unreachable:
+                try:
+                    return super().experiment
+                except Exception as err:  # wandb raises CommError, UsageError, AuthenticationError, ...
+                    warnings.warn(
+                        f"W&B could not be reached ({type(err).__name__}: {str(err).splitlines()[0]}); logging "
+                        f"offline into {self.save_dir}. Upload later with `wandb sync`.",
+                        stacklevel=2,
+                    )
+                    FallbackWandbLogger.unreachable = True
+            self._offline = True
+        if self._offline:  # WandbLogger sets WANDB_MODE, which wandb reads once, at its first use in the process
+            self._wandb_init["mode"] = "offline"
         return super().experiment
 
 

@@ -31,3 +31,17 @@ def tiny_overlay(tmp_path) -> Path:
         "data": {"batch_size": 16, "num_workers": 0, "statistics_images": 32},
     }))
     return path
+
+
+@pytest.fixture
+def no_data_reads(monkeypatch):
+    """Fails the test if the data module reads data (prepares, sets up, computes statistics or generates the set)."""
+    from alexnet_lightning import builtin
+    from alexnet_lightning.datamodule import ImageNetDataModule
+
+    def read(*args, **kwargs):
+        raise AssertionError("data was read")
+
+    for name in ("prepare_data", "setup", "statistics"):
+        monkeypatch.setattr(ImageNetDataModule, name, read)
+    monkeypatch.setattr(builtin, "ensure", read)

@@ -40,20 +40,27 @@ def test_paper_config_resolves_to_the_paper_network(tmp_path):
      (["--data.mean", "median"], "mean"),
      (["--model.lr", "fast"], "lr")],
 )
-def test_bad_options_fail_before_training_naming_the_option(args, named, capsys):
+def test_bad_options_fail_before_training_naming_the_option(args, named, capsys, no_data_reads):
     with pytest.raises(SystemExit):
         main(["fit", *QUICK, *args])
     assert named in capsys.readouterr().err
 
 
-def test_unknown_key_in_a_config_file_is_named(tmp_path, capsys):
+@pytest.mark.parametrize("text, named", [("model:\n  lrm: false\n", "lrm"), ("data:\n  batch_size: x\n", "batch_size")])
+def test_unknown_key_or_wrong_type_in_a_config_file_is_named(text, named, tmp_path, capsys, no_data_reads):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  lrm: false\n")
+    bad.write_text(text)
     with pytest.raises(SystemExit):
         main(["fit", *QUICK, "--config", str(bad)])
-    assert "lrm" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
 
 
-def test_impossible_value_fails_at_instantiation_naming_the_option():
-    with pytest.raises(ValueError, match=r"width must be in \(0, 1\], got 0"):
-        main([*QUICK, "--model.width", "0"], run=False)
+@pytest.mark.parametrize(
+    "args, error, message",
+    [(["--model.width", "0"], ValueError, r"width must be in \(0, 1\], got 0"),
+     (["--model.input_size", "32"], ValueError, "input_size=32 is too small"),
+     (["--data.root", "/nonexistent/imagenet"], FileNotFoundError, "Data root /nonexistent/imagenet does not exist")],
+)
+def test_impossible_values_fail_before_any_data_is_read_naming_the_option(args, error, message, no_data_reads):
+    with pytest.raises(error, match=message):
+        main(["fit", *QUICK, *args])

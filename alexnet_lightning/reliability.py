@@ -1,0 +1,167 @@
+"""What keeps a long run resumable, and tells the user what happened when it stops.
+
+The CLI (cli.py) always uses all of it: checkpoints written atomically, the random state in every checkpoint, a
+checkpoint before exiting on SIGTERM, a stop with the step and the checkpoint to resume from on a non-finite loss,
+and the output folders checked before any data is read.
+"""
+
+import io
+import os
+import random
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, fsyncs it and renames it over the old one, so that a full
+    disk, a crash or a kill while writing leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # a remote store: fsspec's own upload
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: never taken for a checkpoint
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            with open(tmp, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+            folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(
+                err.errno,
+                f"Could not write the checkpoint {path} ({err.strerror or err}); the previous checkpoint at that "
+                f"path, if any, is intact.",
+            ) from err
+
+
+class RandomState(L.Callback):
+    """Keeps the global random generators' states (torch, CUDA, numpy, python) in every checkpoint and restores them
+    on resume, so that dropout goes on with the stream it would have drawn without the interruption."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        name, keys, *rest = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest],  # tensors load with weights_only
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:  # written before this callback existed
+            return
+        torch.set_rng_state(states["torch"])
+        name, keys, *rest = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        random.setstate(states["python"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint on disk that this run wrote or resumed from."""
+    paths = {trainer.ckpt_path}
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths |= {callback.last_model_path, callback.best_model_path}
+    existing = [p for p in paths if p and os.path.isfile(p)]
+    return max(existing, key=os.path.getmtime) if existing else None
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops at the first non-finite training loss, before its gradient reaches the weights, naming the step and
+    the checkpoint to resume from."""
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
+        if trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss).all()), all=True):
+            return
+        checkpoint = last_checkpoint(trainer)
+        resume = (
+            f"resume from the last good checkpoint {checkpoint} (--ckpt_path), e.g. with a lower learning rate"
+            if checkpoint
+            else "no checkpoint was written yet: start again, e.g. with a lower learning rate"
+        )
+        raise FloatingPointError(
+            f"The training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"stopped before it reached the weights. To go on, {resume}."
+        )
+
+
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM (a scheduler's preemption): a checkpoint `last.ckpt` at the end of the current training batch,
+    then exit status 143 (128 + SIGTERM) with a message saying where the checkpoint is and how to resume.
+
+    Lightning already handles the signal during `fit`: its handler sets `trainer.received_sigterm` and its loops
+    raise `SIGTERMException` right after the batch, a SystemExit of status 0 that would make a preempted run look
+    finished to a scheduler or to experiments/ablate.py. This callback adds the checkpoint and the status.
+    """
+
+    def __init__(self) -> None:
+        self.saved: str | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.saved = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.received_sigterm and self.saved is None:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        if self.saved is None and trainer.state.fn == TrainerFn.FITTING:  # the signal came outside a training batch
+            self._save(trainer)
+        if trainer.is_global_zero:
+            where = f"checkpoint {self.saved}" if self.saved else "no checkpoint (not fitting)"
+            print(
+                f"Stopped by SIGTERM at global step {trainer.global_step}; {where}. To resume, rerun with "
+                f"`--ckpt_path last` (alexnet-lightning fit) or rerun the same command (experiments/ablate.py).",
+                file=sys.stderr,
+            )
+        exception.code = 128 + signal.SIGTERM
+
+    def _save(self, trainer: L.Trainer) -> None:
+        callback = trainer.checkpoint_callback
+        folder = callback.dirpath if callback and callback.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        self.saved = str(Path(folder) / "last.ckpt")  # where `--ckpt_path last` and ablate.py look
+        trainer.save_checkpoint(self.saved)
+
+
+def check_writable(trainer: L.Trainer) -> None:
+    """Fails, naming the folder, if one of the run's output folders cannot be written; meant before any data is
+    read. Creates the folders, as the run would."""
+    folders = {trainer.default_root_dir}
+    folders |= {c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)}
+    folders |= {logger.save_dir for logger in trainer.loggers if logger.save_dir}
+    for folder in sorted(str(f) for f in folders if "://" not in str(f)):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise OSError(
+                err.errno, f"The output folder {folder} cannot be written ({err.strerror}); nothing was trained"
+            ) from err

@@ -1,0 +1,213 @@
+import csv
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import pytest
+import torch
+import wandb
+import yaml
+from lightning.pytorch import Callback
+
+from alexnet_lightning import reliability
+from alexnet_lightning.cli import main
+from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
+from alexnet_lightning.strategy import TowerParallelStrategy
+from alexnet_lightning.tracking import FallbackWandbLogger
+from tests.conftest import REPO
+
+QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]
+
+
+@pytest.fixture
+def tiny_fit(tiny_imagefolder, tiny_overlay):
+    def args(root, *extra: str) -> list[str]:
+        return ["fit", *QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+                "--trainer.default_root_dir", str(root), *extra]
+    return args
+
+
+def weights(cli) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("strategy", [[], ["--config", str(REPO / "configs/strategy/towers.yaml")]])
+def test_every_cli_trainer_checkpoints_atomically_mid_epoch_with_the_random_state(strategy, tmp_path):
+    cli = main([*QUICK, *strategy, "--trainer.default_root_dir", str(tmp_path)], run=False)
+    trainer = cli.trainer
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert isinstance(trainer.strategy, TowerParallelStrategy) == bool(strategy)
+    for kind in (RandomState, StopOnNonFiniteLoss, CheckpointOnSigterm):
+        assert sum(isinstance(c, kind) for c in trainer.callbacks) == 1, kind
+    [mid_epoch] = [c for c in trainer.checkpoint_callbacks if c._every_n_train_steps]
+    assert (mid_epoch._every_n_train_steps, mid_epoch.filename, mid_epoch.save_top_k) == (1000, "last", 1)
+    assert {c.dirpath for c in trainer.checkpoint_callbacks} == {str(tmp_path / "checkpoints")}
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(100)}, path)
+    before = path.read_bytes()
+    written = []
+
+    class FullDisk:  # writes half of what it is given, then reports a full disk
+        def __init__(self, name, mode):
+            self.file = open(name, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(bytes(data[: len(data) // 2]))
+            self.file.flush()
+            written.append(os.path.getsize(self.file.name))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reliability, "open", FullDisk, raising=False)
+    with pytest.raises(OSError) as raised:
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(10_000)}, path)
+    assert raised.value.errno == errno.ENOSPC and written[0] > len(before)  # it failed mid-write
+    assert str(path) in str(raised.value) and "previous checkpoint" in str(raised.value)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+    assert torch.load(path)["step"] == 1
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "a file in the way"])
+def test_an_unwritable_output_folder_fails_before_any_data_is_read(how, tiny_fit, tmp_path, no_data_reads):
+    if how == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores folder permissions")
+        tmp_path.joinpath("out").mkdir(mode=0o500)
+        folder = tmp_path / "out" / "run"
+    else:
+        tmp_path.joinpath("out").write_text("")
+        folder = tmp_path / "out" / "run"
+    with pytest.raises(OSError, match=f"output folder {folder} cannot be written"):
+        main(tiny_fit(folder))
+
+
+class NaNAtStep(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_naming_the_step_and_the_checkpoint(tiny_fit, tmp_path):
+    cli = main(tiny_fit(tmp_path, "--trainer.max_epochs", "3")[1:], run=False)
+    cli.trainer.callbacks.append(NaNAtStep(5))  # the second batch of the second epoch (4 batches an epoch)
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"  # written at the end of the first epoch
+    with pytest.raises(FloatingPointError, match=f"nan at global step 5 .* last good checkpoint {checkpoint}"):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 4
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())  # stopped before the weights
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_random_stream_and_ends_as_an_uninterrupted_one(tiny_fit, tmp_path):
+    whole = main(tiny_fit(tmp_path / "whole", "--trainer.max_epochs", "2"))
+    # The first epoch (4 steps), then a fresh CLI that reseeds as a new process would, resuming with `last`.
+    main(tiny_fit(tmp_path / "split", "--trainer.max_epochs", "1"))
+    resumed = main(tiny_fit(tmp_path / "split", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert resumed.trainer.ckpt_path == str(tmp_path / "split" / "checkpoints" / "last.ckpt")
+    assert resumed.trainer.global_step == 8
+    expected, got = weights(whole), weights(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)  # the same dropout masks and data
+    assert float(whole.trainer.callback_metrics["train/loss_step"]) == float(
+        resumed.trainer.callback_metrics["train/loss_step"])
+
+
+@pytest.mark.slow
+def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_fit, tmp_path):
+    runs = [main(tiny_fit(tmp_path / name, "--trainer.deterministic", "true", "--seed_everything", "7",
+                          "--data.num_workers", "2", "--trainer.max_steps", "5", "--trainer.max_epochs", "2"))
+            for name in ("a", "b")]
+    metrics = [{k: float(v) for k, v in run.trainer.callback_metrics.items()} for run in runs]
+    assert "val/top1_error" in metrics[0] and "train/loss_step" in metrics[0]
+    assert metrics[0] == metrics[1]
+    first, second = weights(runs[0]), weights(runs[1])
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("server", ["closed port", "silent server"])
+def test_unreachable_wandb_goes_offline_with_one_warning(server, tmp_path, monkeypatch, request):
+    listener, accepted = socket.create_server(("127.0.0.1", 0)), []
+    port = listener.getsockname()[1]
+    if server == "closed port":
+        listener.close()
+    else:  # accepts connections and never answers
+        threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(100)], daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a bad key
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setattr(FallbackWandbLogger, "unreachable", False)
+    wandb.teardown()  # wandb reads its environment once per process: make it read this one
+    request.addfinalizer(wandb.teardown)  # and the next test's
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = FallbackWandbLogger(project="p", save_dir=str(tmp_path), init_timeout=2)
+        logger.log_metrics({"x": 1.0}, step=0)
+        run = logger.experiment
+        run.finish()
+        second = FallbackWandbLogger(project="p", save_dir=str(tmp_path / "2"), init_timeout=2)
+        second.experiment.finish()  # goes offline at once: no second wait or warning
+    elapsed = time.monotonic() - start
+    assert run.offline and second.experiment.offline and elapsed < 30
+    assert (server == "silent server") == bool(accepted)  # it was asked, and did not answer
+    ours = [w for w in caught if "W&B could not be reached" in str(w.message)]
+    assert len(ours) == 1 and f"logging offline into {tmp_path}" in str(ours[0].message)
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_imagefolder, tmp_path):
+    overlay = tmp_path / "long.yaml"  # long enough that the signal comes mid-run
+    overlay.write_text(yaml.safe_dump({
+        "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"batch_size": 16, "num_workers": 0, "statistics_images": 32},
+    }))
+    study = ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(overlay),
+             "--results", str(tmp_path / "results"), "--study", "s"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    ablate = [sys.executable, str(REPO / "experiments" / "ablate.py")]
+    cell = tmp_path / "results" / "s" / "runs" / "baseline" / "seed0"
+    last = cell / "checkpoints" / "last.ckpt"
+
+    child = subprocess.Popen([*ablate, *study, "--no-lrn"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)  # after the first epoch's checkpoint
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped = torch.load(last, weights_only=False)
+    assert 4 <= stopped["global_step"] < 12
+    assert f"Stopped by SIGTERM at global step {stopped['global_step']}; checkpoint {last}" in err
+    assert not (tmp_path / "results" / "s" / "runs" / "no_lrn").exists()  # the study stopped, no next cell
+
+    rerun = subprocess.run([*ablate, *study, "--variant", "baseline", "--seed", "0"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from {last}" in rerun.stdout
+    assert "Restored all states from the checkpoint" in rerun.stdout + rerun.stderr
+    assert torch.load(last, weights_only=False)["global_step"] == 12  # 3 epochs of 4 batches, none lost
+    with open(cell / "csv" / "attempt01" / "metrics.csv") as file:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file) if row["epoch"]]
+    assert min(epochs) == stopped["epoch"]  # the resumed attempt trained no earlier epoch again
+    assert (cell / "result.json").exists()
