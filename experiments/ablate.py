@@ -26,6 +26,7 @@ from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
 from alexnet_lightning.reliability import check_writable
 from alexnet_lightning.report import write_report
+from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
 
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=PRESETS, help="quick: built-in data on CPU (default without "
                         "--data-root); paper: the paper's run on ImageNet (default with --data-root)")
     parser.add_argument("--data-root", type=Path, help="ImageNet root (ImageFolder layout or ILSVRC-2012 archives)")
+    parser.add_argument("--prepared", type=Path, help="the fast path: convert --data-root into 256x256 shards in this "
+                        "folder on first use and train from them (default with the paper preset: a folder under "
+                        "$ALEXNET_LIGHTNING_CACHE/prepared; 'none' reads the files image by image)")
     parser.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     parser.add_argument("--study", help="name of the study folder under --results (default: the preset's name)")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where study folders go")
@@ -76,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.strategy == "towers" and one_tower:
         parser.error(f"--strategy towers needs two towers; {', '.join(one_tower)} has one")
     args.preset = args.preset or ("paper" if args.data_root else "quick")
+    if str(args.prepared) == "none" or args.data_root and (args.data_root / "prepared.json").is_file():
+        args.prepared = None  # asked for the reference path, or the root is a prepared folder already
+    elif args.prepared is None and args.preset == "paper" and args.data_root:
+        key = hashlib.sha1(str(args.data_root.resolve()).encode()).hexdigest()[:8]
+        args.prepared = cache_dir() / "prepared" / f"{args.data_root.name}-{key}"
     args.study = args.study or args.preset
     return args
 
@@ -168,7 +177,8 @@ def cell_config(args: argparse.Namespace, cell_dir: Path, variant: str, seed: in
                                "resume": "allow"}},
             ],
         },
-        "data": {"root": str(args.data_root) if args.data_root else None},
+        "data": {"root": str(args.data_root) if args.data_root else None,
+                 "prepared": str(args.prepared) if args.prepared else None},
     }
     if args.epochs is not None:
         config["trainer"]["max_epochs"] = args.epochs

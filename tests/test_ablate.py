@@ -111,3 +111,17 @@ def test_cells_run_baseline_first_and_one_cell_alone():
                                   ("tanh", 1)]
     assert ablate.cells(ablate.parse_args(["--variant", "no_lrn", "--seed", "3"])) == [("no_lrn", 3)]
     assert len(ablate.cells(ablate.parse_args(["--all"]))) == 8
+
+
+def test_the_paper_preset_trains_from_prepared_shards(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    imagenet = tmp_path / "imagenet"
+    imagenet.mkdir()
+    args = ablate.parse_args(["--data-root", str(imagenet)])
+    assert args.preset == "paper" and args.prepared.parent == tmp_path / "cache" / "prepared"
+    config = ablate.cell_config(args, tmp_path / "cell", "baseline", 0, 0)
+    assert config["data"] == {"root": str(imagenet), "prepared": str(args.prepared)}
+    assert ablate.parse_args(["--data-root", str(imagenet), "--prepared", "none"]).prepared is None
+    assert ablate.parse_args([]).prepared is None  # the quick preset reads the built-in files
+    (imagenet / "prepared.json").write_text("{}")  # a root that is prepared already is read as it is
+    assert ablate.parse_args(["--data-root", str(imagenet)]).prepared is None
