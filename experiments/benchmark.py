@@ -2,7 +2,7 @@
 torchvision's alexnet; (b) the training-data pipeline on one core: a classic PIL ImageFolder pipeline, ours
 image by image, and ours from prepared shards with whole-batch augmentation.
 
-    python experiments/benchmark.py [--batch 128] [--warmup 2] [--iters 5] [--images 512] [--json results.json]
+    python experiments/benchmark.py [--batch 128] [--warmup 1] [--iters 5] [--images 512] [--json results.json]
     python experiments/benchmark.py --only data    # or --only step
 
 The data part writes ImageNet-sized JPEGs (500x375, the ILSVRC-2012 average is about 400x350) into a
@@ -11,6 +11,7 @@ temporary folder, prepares them, and times each pipeline over the same images, f
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -43,40 +44,52 @@ def with_torch_lrn(model: AlexNet) -> AlexNet:
     return model
 
 
-def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return step
-
-
-def measure(model: nn.Module, batch: int, size: int, warmup: int, iters: int, device: str,
-            channels_last: bool = False, bf16: bool = False) -> dict[str, float]:
+def training_step(model: nn.Module, batch: int, size: int, device: str, channels_last: bool = False,
+                  bf16: bool = False) -> tuple[Callable[[], None], int]:
+    """One SGD step on a fixed random batch, and its floating-point operations."""
     model = model.to(device).train()
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    step = training_step(model, x, y)
-    with torch.autocast(device, torch.bfloat16, enabled=bf16):
-        with FlopCounterMode(display=False) as counter:
-            step()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return step, counter.get_total_flops()
+
+
+def measure(steps: dict[str, tuple[Callable[[], None], int]], batch: int, warmup: int, iters: int,
+            device: str) -> dict[str, dict[str, float]]:
+    """Median step time of each model, the models taking turns step by step, so that a machine whose speed
+    drifts (shared cores, clocks) slows them all alike."""
+    for step, _ in steps.values():
         for _ in range(warmup):
             step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, (step, _) in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
             step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / iters
-    return {"images_per_s": batch / seconds, "gflop_per_s": counter.get_total_flops() / seconds / 1e9,
-            "paper_90_epochs_h": PAPER_EPOCHS * PAPER_IMAGES / (batch / seconds) / 3600}
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    results = {}
+    for name, (_, flops) in steps.items():
+        seconds = statistics.median(times[name])
+        results[name] = {"images_per_s": batch / seconds, "gflop_per_s": flops / seconds / 1e9,
+                         "paper_90_epochs_h": PAPER_EPOCHS * PAPER_IMAGES / (batch / seconds) / 3600,
+                         "step_seconds": times[name]}
+    return results
 
 
 def write_jpegs(root: Path, count: int, classes: int = 4) -> None:
@@ -135,8 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=227)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per model, taken in turns; the median counts")
     parser.add_argument("--images", type=int, default=512, help="images in the data-pipeline benchmark")
     parser.add_argument("--only", choices=["step", "data"], help="run one part only")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -160,22 +173,22 @@ def main() -> None:
         "paper, no LRN": lambda: AlexNet(lrn=False),
         "torchvision alexnet": torchvision.models.alexnet,
     }
-    results = {name: measure(make(), args.batch, args.size, args.warmup, args.iters, device)
-               for name, make in models.items()}
+    options: dict[str, dict[str, bool]] = {}
     if device == "cuda":
         options = {"bf16": {"bf16": True}, "channels_last": {"channels_last": True},
                    "bf16 + channels_last": {"bf16": True, "channels_last": True}}
-        for name, option in options.items():
-            results[f"paper, our LRN, {name}"] = measure(AlexNet(), args.batch, args.size, args.warmup,
-                                                         args.iters, device, **option)
-        results["paper, our LRN, compiled"] = measure(torch.compile(AlexNet()), args.batch, args.size,
-                                                      args.warmup, args.iters, device)
+    steps = {name: training_step(make(), args.batch, args.size, device) for name, make in models.items()}
+    for name, option in options.items():
+        steps[f"paper, our LRN, {name}"] = training_step(AlexNet(), args.batch, args.size, device, **option)
+    if device == "cuda":
+        steps["paper, our LRN, compiled"] = training_step(torch.compile(AlexNet()), args.batch, args.size, device)
+    results = measure(steps, args.batch, args.warmup, args.iters, device)
     print(f"{device}, batch {args.batch}, {args.size}x{args.size}, training step (forward + backward + SGD)")
     print(f"{'model':<40} {'img/s':>8} {'GFLOP/s':>8} {'90 epochs (h)':>14}")
     for name, r in results.items():
         print(f"{name:<40} {r['images_per_s']:8.1f} {r['gflop_per_s']:8.1f} {r['paper_90_epochs_h']:14.1f}")
     ratio = results["paper, our LRN"]["images_per_s"] / results["paper, no LRN"]["images_per_s"]
-    print(f"our LRN / no LRN throughput: {ratio:.0%}")
+    print(f"our LRN / no LRN throughput: {ratio:.0%} (median of {args.iters} steps each, models in turns)")
     report["step"] = results
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
