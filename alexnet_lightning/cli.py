@@ -4,6 +4,7 @@ A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.c
 `<default_root_dir>/checkpoints` unless the config names another.
 """
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,25 @@ class AlexNetCLI(LightningCLI):
         check_writable(self.trainer)
 
 
+def keep_freed_memory() -> bool:
+    """Asks glibc to keep freed memory for reuse; returns whether it agreed (False off glibc).
+
+    By default glibc maps every block over 32 MB afresh and hands it back when freed, so each new batch-sized
+    tensor on the CPU pays page faults for all its pages: on a 2-core machine that cost the paper network's
+    training step about a third of its speed (README, Speed options). Training and the benchmark reuse the
+    same shapes every step, so the kept memory is reused; the process keeps its peak memory until it exits.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 36))
+
+
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
+    keep_freed_memory()
     return AlexNetCLI(
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as classic
 
 from alexnet_lightning import prepared
+from alexnet_lightning.cli import keep_freed_memory
 from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.network import AlexNet, LocalResponseNorm
 
@@ -152,10 +153,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="timed steps per model, taken in turns; the median counts")
     parser.add_argument("--images", type=int, default=512, help="images in the data-pipeline benchmark")
     parser.add_argument("--only", choices=["step", "data"], help="run one part only")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's return of freed memory on (training keeps it off: cli.keep_freed_memory)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    kept = not args.glibc_default and keep_freed_memory()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    report = {"device": device, "batch": args.batch, "size": args.size}
+    report = {"device": device, "batch": args.batch, "size": args.size, "freed_memory_kept": kept}
+    print(f"freed memory kept for reuse (glibc): {kept}")
     if args.only != "step":
         report["data"] = data_pipelines(args.batch, args.images)
         print(f"training-data pipeline, {args.images} JPEGs of 500x375, batch {args.batch}, one core")

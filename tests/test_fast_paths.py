@@ -88,3 +88,26 @@ def test_bf16_mixed_precision_gives_the_float32_results_within_bf16_tolerance():
     # (conv1's) are noisy, the gradient as a whole is not.
     grads = [torch.cat([p.grad.flatten() for p in module.parameters()]) for module in (mixed, plain)]
     assert torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.999
+
+
+@pytest.mark.slow
+def test_freed_memory_is_kept_for_reuse_after_keep_freed_memory():
+    """A freed 256 MB tensor leaves the process's resident memory with glibc's defaults and stays after."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys, torch
+from alexnet_lightning.cli import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = resident()
+x = torch.ones(64 * 2**20)  # 256 MB, every page touched
+del x
+print((resident() - before) // 2**20)
+"""
+    kept = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                     check=True).stdout) for mode in ("default", "keep")}
+    assert kept["default"] < 64 and kept["keep"] > 200, kept

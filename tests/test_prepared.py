@@ -218,3 +218,16 @@ def test_cli_fit_and_test_from_prepared_shards(tiny_imagefolder, tiny_overlay, t
     calls.clear()
     test = main(["test", *common, "--ckpt_path", str(next(tmp_path.glob("**/last.ckpt")))])
     assert calls == ["ten_crops"] * 2 and 0 <= float(test.trainer.callback_metrics["test/top1_error"]) <= 1
+
+
+def test_a_failed_shard_write_names_the_file_and_leaves_nothing_half_written(tmp_path, source, cache, monkeypatch):
+    import errno
+
+    def full_disk(file, array):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(OSError, match=r"Could not write .*00000.images.npy: No space left on device"):
+        prepared.prepare(str(source), tmp_path / "prep", RESIZE)
+    assert list((tmp_path / "prep" / "train").iterdir()) == []
