@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,3 +46,12 @@ def no_data_reads(monkeypatch):
     for name in ("prepare_data", "setup", "statistics"):
         monkeypatch.setattr(ImageNetDataModule, name, read)
     monkeypatch.setattr(builtin, "ensure", read)
+
+
+@pytest.fixture(autouse=True)
+def restore_deterministic_algorithms():
+    """Lightning's deterministic mode leaves torch on deterministic algorithms for the rest of the process; later
+    tests must not inherit it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)

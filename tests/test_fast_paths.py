@@ -92,7 +92,9 @@ def test_bf16_mixed_precision_gives_the_float32_results_within_bf16_tolerance():
 
 @pytest.mark.slow
 def test_freed_memory_is_kept_for_reuse_after_keep_freed_memory():
-    """A freed 256 MB tensor leaves the process's resident memory with glibc's defaults and stays after."""
+    """A freed 256 MB tensor leaves the process's resident memory with glibc's defaults, and stays after
+    keep_freed_memory. glibc still returns it when the heap cannot grow in place (about 1 process in 6 here,
+    depending on the address-space layout), so the kept case gets three processes."""
     import subprocess
     import sys
 
@@ -108,6 +110,10 @@ x = torch.ones(64 * 2**20)  # 256 MB, every page touched
 del x
 print((resident() - before) // 2**20)
 """
-    kept = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                     check=True).stdout) for mode in ("default", "keep")}
-    assert kept["default"] < 64 and kept["keep"] > 200, kept
+
+    def kept_mb(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                  check=True).stdout)
+
+    assert kept_mb("default") < 64
+    assert any(kept_mb("keep") > 200 for _ in range(3))

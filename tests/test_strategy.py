@@ -47,13 +47,14 @@ def join(rank: int, world_size: int, port: int) -> None:
 
 
 def data(batch_size: int, shuffled: bool = False, other: int = 0) -> DataLoader:
-    """Random images; `shuffled` in the order Lightning gives the replicas of a distributed run (seed 0);
+    """Random images; `shuffled` in the order Lightning gives the replicas of a distributed run;
     `other` > 0 changes every image and label, as a pipeline seeded per process changes its augmentations."""
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(BATCH * STEPS, 3, SMALL["input_size"], SMALL["input_size"], generator=generator)
     labels = torch.randint(SMALL["num_classes"], (BATCH * STEPS,), generator=generator)
     dataset = TensorDataset(images + other, (labels + other) % SMALL["num_classes"])
-    sampler = DistributedSampler(dataset, num_replicas=1, rank=0) if shuffled else None
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # Lightning seeds the samplers it injects so
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, seed=seed) if shuffled else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
 
