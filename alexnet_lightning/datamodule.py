@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet
 from torchvision.datasets.folder import find_classes
+from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from alexnet_lightning import builtin, prepared
@@ -308,17 +309,23 @@ class ImageNetDataModule(L.LightningDataModule):
         cached, else (nothing readable) the published values."""
         size = self.hparams.resize_size
         root = self.data_root()
-        if (root / "prepared.json").is_file():
-            train = prepared.PreparedSplit(root, "train")
+        from_shards = (root / "prepared.json").is_file()
+
+        def batches() -> Iterator[Tensor]:
+            if from_shards:
+                train = prepared.PreparedSplit(root, "train")
+            else:
+                train = self._dataset("train", rescale_and_centre(size))
             count = min(len(train), self.hparams.statistics_images)
             sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
-            chunks = [sample[i : i + 256] for i in range(0, count, 256)]
+            if from_shards:
+                chunks = [sample[i : i + 256] for i in range(0, count, 256)]
+                return (F.to_dtype(train.__getitems__(chunk)[0], torch.float32, scale=True)
+                        for chunk in tqdm(chunks, desc="Training-set statistics"))
+            loader = self._loader(Subset(train, sample), shuffle=False, image_shape=(3, size, size))
+            return (images for images, _, _ in tqdm(loader, desc="Training-set statistics"))
 
-            def batches() -> Iterator[Tensor]:
-                for chunk in tqdm(chunks, desc="Training-set statistics"):
-                    yield train.__getitems__(chunk)[0].float().div_(255)
-
-            return load_or_compute(root, size, batches)
+        return load_or_compute(root, size, batches)
 
         def batches() -> Iterator[Tensor]:
             train = self._dataset("train", rescale_and_centre(size))

@@ -28,21 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from alexnet_lightning.reliability import write_atomic
+
 FORMAT = 1
-
-
-def write_atomic(path: Path, write) -> None:
-    """Calls ``write(file)`` on a temporary file beside ``path``, then renames it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"Could not write {path}: {err.strerror or err}") from err
 
 
 def _as_list(batch: list) -> list:

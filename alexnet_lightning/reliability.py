@@ -11,8 +11,9 @@ import random
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning as L
 import numpy as np
@@ -23,6 +24,31 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:
+    """Calls ``write(file)`` on a hidden temporary file beside ``path``, fsyncs it and renames it over ``path``, so
+    that a full disk, a crash or a kill while writing leaves the previous file whole. An OSError names the path."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: never taken for the file itself
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            err.errno,
+            f"Could not write the {what} {path} ({err.strerror or err}); the previous {what} at that path, if any, "
+            f"is intact.",
+        ) from err
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, fsyncs it and renames it over the old one, so that a full
     disk, a crash or a kill while writing leaves the previous checkpoint whole."""
@@ -30,29 +56,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # a remote store: fsspec's own upload
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: never taken for a checkpoint
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            with open(tmp, "wb") as file:
-                file.write(buffer.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-            folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise OSError(
-                err.errno,
-                f"Could not write the checkpoint {path} ({err.strerror or err}); the previous checkpoint at that "
-                f"path, if any, is intact.",
-            ) from err
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(Path(path), lambda file: file.write(buffer.getbuffer()), "checkpoint")
 
 
 class RandomState(L.Callback):

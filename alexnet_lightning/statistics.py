@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from alexnet_lightning.reliability import write_atomic
+
 log = logging.getLogger(__name__)
 
 # The paper publishes none; these are fb.resnet.torch's, used by most later code (PAPER.md), for RGB in [0, 1].
@@ -96,10 +98,7 @@ def load_or_compute(root: Path, resize_size: int, batches: Callable[[], Iterable
         return published(resize_size)
     for file in files:
         try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            partial = file.with_name(f".{file.name}.{os.getpid()}")
-            torch.save(stats._asdict(), partial)
-            partial.replace(file)  # atomic: a reader never sees half a file
+            write_atomic(file, lambda f: torch.save(stats._asdict(), f))  # a reader never sees half a file
             log.info("Saved the training statistics to %s", file)
             break
         except OSError:

@@ -24,7 +24,7 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
-from alexnet_lightning.reliability import check_writable
+from alexnet_lightning.reliability import check_writable, write_atomic
 from alexnet_lightning.report import write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
@@ -222,9 +222,8 @@ def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any]
     result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,
               "code_version": identity["code_version"], "wandb_run_id": wandb_logger.version}
     wandb_logger.experiment.finish()
-    tmp = cell_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(cell_dir / "result.json")  # a cell counts as finished only once its result is whole
+    # A cell counts as finished only once its result is whole.
+    write_atomic(cell_dir / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,6 +228,6 @@ def test_a_failed_shard_write_names_the_file_and_leaves_nothing_half_written(tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "save", full_disk)
-    with pytest.raises(OSError, match=r"Could not write .*00000.images.npy: No space left on device"):
+    with pytest.raises(OSError, match=r"Could not write the file .*00000.images.npy \(No space left on device\)"):
         prepared.prepare(str(source), tmp_path / "prep", RESIZE)
     assert list((tmp_path / "prep" / "train").iterdir()) == []
