@@ -351,23 +351,23 @@ class ImageNetDataModule(L.LightningDataModule):
         stats = self.statistics()
         mean = stats.mean_image if self.hparams.mean == "image" else stats.mean_image.mean((1, 2))
         resize, crop, scale = self.hparams.resize_size, self.hparams.crop_size, self.hparams.value_scale
+        lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
         if self._reads_prepared():
             root = self.data_root()
             if not (root / "prepared.json").is_file():
                 raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
             self._prepared_meta(root)
-            lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
             self.augmentation = prepared.BatchAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std, scale)
             self.train_set = prepared.PreparedSplit(root, "train")
             self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
-        elif stage == "fit":
-            lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
-            train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale)
-            self.train_set = self._dataset("train", train)
-        if stage in ("fit", "validate") and not self._reads_prepared():
-            self.val_set = self._dataset("val", EvalPreset(mean, resize, crop, value_scale=scale))
-        if stage == "test" and not self._reads_prepared():
-            self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True, value_scale=scale))
+        else:
+            if stage == "fit":
+                train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale)
+                self.train_set = self._dataset("train", train)
+            if stage in ("fit", "validate"):
+                self.val_set = self._dataset("val", EvalPreset(mean, resize, crop, value_scale=scale))
+            if stage == "test":
+                self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True, value_scale=scale))
         if self.trainer is not None and not any(isinstance(c, _LogSkippedFiles) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(_LogSkippedFiles(self))
 
