@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from alexnet_lightning import builtin, prepared
 from alexnet_lightning.statistics import Statistics, load_or_compute
-from alexnet_lightning.transforms import EvalPreset, TrainPreset, load_rgb, rescale_and_centre
+from alexnet_lightning.transforms import LIGHTING_FORMULAS, EvalPreset, TrainPreset, load_rgb, rescale_and_centre
 
 ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
 SPLITS = ("train", "val")
@@ -195,13 +195,18 @@ class ImageNetDataModule(L.LightningDataModule):
             ``"channel"``, its per-channel mean.
         pca_lighting: Adds the paper's PCA colour noise to training images (``False``: the ablation).
         lighting_std: Standard deviation of the PCA lighting coefficients alpha_i (the paper: 0.1).
+        lighting_formula: ``"cuda-convnet2"``: alpha_i times the standard deviation along eigenvector p_i, in the
+            units of the pixels, as the authors' code computed; ``"printed"`` (a deviation): the paper's literal
+            alpha_i times the eigenvalue, in [0, 1]-scale units (``transforms.lighting_weights``).
+        lighting_rescale: Multiplies training images by 1 / (1 + lighting_std) after the noise, as cuda-convnet2
+            does (``transforms.training_scale``); not in the paper, off by default.
         num_workers: Loader processes; ``None``: ``min(8, os.cpu_count())``.
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
         value_scale: What the centred [0, 1] values are multiplied by. 255: the paper's centred raw pixel
             values, the scale its LRN constants (k = 2, alpha = 1e-4) and N(0, 0.01) weights act on; at 1.0 (a
-            deviation, the scale of most later code) alpha * sum(a^2) is negligible beside k and LRN is close to a
+            deviation, the scale of most later code) alpha / n * sum(a^2) is negligible beside k and LRN is close to a
             constant factor.
         prepared: A folder for the fast path: ``root`` is converted into 256x256 shards there on first use
             (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time) and
@@ -217,6 +222,8 @@ class ImageNetDataModule(L.LightningDataModule):
         mean: Literal["image", "channel"] = "image",
         pca_lighting: bool = True,
         lighting_std: float = 0.1,
+        lighting_formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
+        lighting_rescale: bool = False,
         num_workers: int | None = None,
         statistics_images: int = 10_000,
         prepared: str | None = None,
@@ -224,6 +231,8 @@ class ImageNetDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if lighting_formula not in LIGHTING_FORMULAS:
+            raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else _layout(Path(root))
         if self.layout is None:
@@ -352,17 +361,20 @@ class ImageNetDataModule(L.LightningDataModule):
         mean = stats.mean_image if self.hparams.mean == "image" else stats.mean_image.mean((1, 2))
         resize, crop, scale = self.hparams.resize_size, self.hparams.crop_size, self.hparams.value_scale
         lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
+        lighting = dict(lighting_formula=self.hparams.lighting_formula, lighting_rescale=self.hparams.lighting_rescale)
         if self._reads_prepared():
             root = self.data_root()
             if not (root / "prepared.json").is_file():
                 raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
             self._prepared_meta(root)
-            self.augmentation = prepared.BatchAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std, scale)
+            self.augmentation = prepared.BatchAugmentation(
+                mean, stats.eigval, stats.eigvec, crop, lighting_std, scale, **lighting
+            )
             self.train_set = prepared.PreparedSplit(root, "train")
             self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
         else:
             if stage == "fit":
-                train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale)
+                train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale, **lighting)
                 self.train_set = self._dataset("train", train)
             if stage in ("fit", "validate"):
                 self.val_set = self._dataset("val", EvalPreset(mean, resize, crop, value_scale=scale))

@@ -1,5 +1,7 @@
 """The LightningModule: the paper's objective, optimiser, learning-rate schedule and error rates (Section 5)."""
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -9,7 +11,24 @@ from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.network import AlexNet
+
+# Which reading of each mechanism a run was trained with, where the printed paper and the authors' code differ
+# (README, Faithfulness). Checkpoints and studies written before the record existed computed the printed formulas.
+READINGS = {"lrn_formula": AlexNet, "lighting_formula": ImageNetDataModule, "lighting_rescale": ImageNetDataModule}
+LEGACY_READINGS = {"lrn_formula": "printed", "lighting_formula": "printed", "lighting_rescale": False}
+
+
+def readings(model: Mapping[str, Any], data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The readings of a run from its model and data arguments, defaults filled in; those of the data are None
+    when the run has no ImageNetDataModule."""
+    record = {}
+    for name, owner in READINGS.items():
+        arguments = model if owner is AlexNet else data
+        default = inspect.signature(owner).parameters[name].default
+        record[name] = None if arguments is None else arguments.get(name, default)
+    return record
 
 
 class AlexNetModule(L.LightningModule):
@@ -61,7 +80,25 @@ class AlexNetModule(L.LightningModule):
             setattr(self, f"{stage}_metrics", MetricCollection(metrics))
         self.train_metrics.persistent(True)  # a checkpoint written mid-epoch holds the epoch's counts so far
 
+    def readings(self) -> dict[str, Any]:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return readings(self.hparams, datamodule.hparams if isinstance(datamodule, ImageNetDataModule) else None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["readings"] = self.readings()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        recorded, current = checkpoint.get("readings", LEGACY_READINGS), self.readings()
+        differ = {k: v for k, v in recorded.items() if v is not None and current.get(k) not in (None, v)}
+        if differ:
+            where = f"The checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "The checkpoint"
+            found = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+            options = " ".join(f"--{'model' if READINGS[k] is AlexNet else 'data'}.{k} {v}" for k, v in differ.items())
+            raise ValueError(
+                f"{where} was trained with {found}, this run computes "
+                + ", ".join(f"{k}={current[k]!r}" for k in differ)
+                + f" (README, Faithfulness). To use it, pass {options}; or train afresh."
+            )
         for name, value in self.state_dict().items():  # checkpoints from before the counts were kept
             if name.startswith("train_metrics."):
                 checkpoint["state_dict"].setdefault(name, value)

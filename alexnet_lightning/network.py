@@ -23,18 +23,28 @@ UNIT_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 DROPPABLE = ("conv3", "conv4", "conv5")
 
 
-def local_response_norm(
-    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, towers: int = 1
-) -> torch.Tensor:
-    """b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over the maps of each tower (Section 3.3).
+LRN_FORMULAS = ("cuda-convnet2", "printed")
 
-    Unlike torch.nn.LocalResponseNorm, alpha is not divided by n, and the window never crosses from
-    one tower's maps into the other's (each GPU normalised only the maps it held).
-    Half-precision inputs are normalised in float32: in bfloat16, k + alpha * sum rounds to k.
+
+def local_response_norm(
+    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, towers: int = 1,
+    formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
+) -> torch.Tensor:
+    """b_i = a_i / (k + alpha / n * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over the maps of each tower (Section 3.3).
+
+    ``formula="cuda-convnet2"`` (the default) is what the authors' code computed: its layer parser divides the
+    configured scale (alpha = 1e-4) by the window size n (cuda-convnet2 layer.py, ``NormLayerParser.add_params``) and
+    its kernel computes ``minDiv + addScale * sum(a^2)`` (cudaconv3/src/conv_util.cu, ``kFCNorm``), as Caffe and
+    torch.nn.LocalResponseNorm do. ``formula="printed"`` is the literal reading of the paper's formula, alpha per
+    squared term (five times stronger), a deviation. The window never crosses from one tower's maps into the
+    other's (each GPU normalised only the maps it held).
+    Half-precision inputs are normalised in float32: in bfloat16, k + alpha / n * sum rounds to k.
     """
+    _check_choice("lrn_formula", formula, LRN_FORMULAS)
+    per_term = alpha / size if formula == "cuda-convnet2" else alpha
     if x.dtype in (torch.float16, torch.bfloat16):
-        return _LocalResponseNorm.apply(x.float(), size, alpha, beta, k, towers).to(x.dtype)
-    return _LocalResponseNorm.apply(x, size, alpha, beta, k, towers)
+        return _LocalResponseNorm.apply(x.float(), size, per_term, beta, k, towers).to(x.dtype)
+    return _LocalResponseNorm.apply(x, size, per_term, beta, k, towers)
 
 
 def _window_sum(s: torch.Tensor, towers: int, before: int, after: int) -> torch.Tensor:
@@ -52,7 +62,8 @@ def _window_sum(s: torch.Tensor, towers: int, before: int, after: int) -> torch.
 class _LocalResponseNorm(torch.autograd.Function):
     """The formula with a hand-written backward, written for few passes over memory and few new tensors.
 
-    With d_i = k + alpha * sum_{j in W(i)} a_j^2, b_i = a_i d_i^-beta and upstream gradient g,
+    ``alpha`` here is the weight of each squared term (alpha / n for the authors' code). With
+    d_i = k + alpha * sum_{j in W(i)} a_j^2, b_i = a_i d_i^-beta and upstream gradient g,
     dL/da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i: j in W(i)} g_i a_i d_i^(-beta-1).
     The forward saves d^-beta and d^(-beta-1) beside the input (two more maps per LRN layer), so the
     backward has no window sum over a^2 and no power to recompute. For the paper's beta = 3/4 the powers
@@ -89,17 +100,22 @@ class _LocalResponseNorm(torch.autograd.Function):
 
 
 class LocalResponseNorm(nn.Module):
-    """Local response normalisation with the paper's constants, applied per tower."""
+    """Local response normalisation with the paper's constants, applied per tower (see ``local_response_norm``)."""
 
-    def __init__(self, towers: int = 1, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    def __init__(
+        self, towers: int = 1, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+        formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
+    ):
         super().__init__()
-        self.towers, self.size, self.alpha, self.beta, self.k = towers, size, alpha, beta, k
+        _check_choice("lrn_formula", formula, LRN_FORMULAS)
+        self.towers, self.size, self.alpha, self.beta, self.k, self.formula = towers, size, alpha, beta, k, formula
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.towers)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.towers, self.formula)
 
     def extra_repr(self) -> str:
-        return f"towers={self.towers}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return (f"towers={self.towers}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+                f"formula={self.formula}")
 
 
 def conv1_padding(input_size: int) -> int:
@@ -127,6 +143,8 @@ class AlexNet(nn.Module):
         towers: 2 is the paper's two-GPU layout; 1 is its one-GPU control with half the kernels of every
             layer except conv5 and the fully connected layers (the paper's footnote in Section 6.1).
         lrn: local response normalisation after conv1 and conv2.
+        lrn_formula: "cuda-convnet2", what the authors' code computed (alpha / n per squared term), or the
+            deviation "printed", the literal reading of the paper's formula (alpha per term); see local_response_norm.
         overlapping_pool: max-pooling with z=3, s=2; False is the non-overlapping control z=2, s=2.
         dropout: dropout probability on the outputs of fc6 and fc7 (0 disables it).
         activation: "relu" (the paper) or "tanh" (its saturating control).
@@ -143,6 +161,7 @@ class AlexNet(nn.Module):
         num_classes: int = 1000,
         towers: Literal[1, 2] = 2,
         lrn: bool = True,
+        lrn_formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
         overlapping_pool: bool = True,
         dropout: float = 0.5,
         activation: Literal["relu", "tanh"] = "relu",
@@ -156,6 +175,7 @@ class AlexNet(nn.Module):
         _check_choice("activation", activation, ("relu", "tanh"))
         _check_choice("drop_layer", drop_layer, (None, *DROPPABLE))
         _check_choice("init", init, ("paper", "kaiming"))
+        _check_choice("lrn_formula", lrn_formula, LRN_FORMULAS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not 0 < width <= 1:
@@ -182,7 +202,7 @@ class AlexNet(nn.Module):
             features[name] = nn.Conv2d(channels, kernels(name), size, stride, pad, groups=groups)
             features[f"{name}_act"] = act()
             if lrn and name in NORMALISED:
-                features[f"{name}_lrn"] = LocalResponseNorm(towers)
+                features[f"{name}_lrn"] = LocalResponseNorm(towers, formula=lrn_formula)
             if name in POOLED or name == convs[-1]:  # the last conv layer is pooled even when conv5 is dropped
                 features[f"{name}_pool"] = nn.MaxPool2d(z, 2)
             channels = kernels(name)

@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from alexnet_lightning.reliability import write_atomic
+from alexnet_lightning.transforms import lighting_weights, training_scale
 
 FORMAT = 1
 
@@ -150,18 +151,20 @@ class BatchAugmentation:
 
     def __init__(
         self, mean: Tensor, eigval: Tensor, eigvec: Tensor, crop_size: int, lighting_std: float | None,
-        value_scale: float = 1.0,
+        value_scale: float = 1.0, lighting_formula: str = "cuda-convnet2", lighting_rescale: bool = False,
     ):
         self.mean = mean if mean.dim() == 3 else mean.view(3, 1, 1)
-        self.eigval, self.eigvec, self.crop, self.lighting_std = eigval, eigvec, crop_size, lighting_std
-        self.value_scale = value_scale
+        self.weights, self.eigvec = lighting_weights(eigval, lighting_formula), eigvec
+        self.crop, self.lighting_std, self.value_scale = crop_size, lighting_std, value_scale
+        self.train_scale = training_scale(value_scale, lighting_std, lighting_rescale)
 
-    def _scaled(self, x: Tensor) -> Tensor:
-        return x.mul_(self.value_scale) if self.value_scale != 1 else x
+    @staticmethod
+    def _scaled(x: Tensor, scale: float) -> Tensor:
+        return x.mul_(scale) if scale != 1 else x
 
     def _to(self, device: torch.device) -> None:
         if self.mean.device != device:
-            self.mean, self.eigval, self.eigvec = (t.to(device) for t in (self.mean, self.eigval, self.eigvec))
+            self.mean, self.weights, self.eigvec = (t.to(device) for t in (self.mean, self.weights, self.eigvec))
 
     def _centred(self, images: Tensor) -> Tensor:
         self._to(images.device)
@@ -200,19 +203,19 @@ class BatchAugmentation:
             x[i].sub_(mean.flip(-1) if mirror else mean)
         if alpha is not None:
             x += self._lighting(alpha)[..., None, None]
-        return self._scaled(x)
+        return self._scaled(x, self.train_scale)
 
     def _lighting(self, alpha: Tensor) -> Tensor:
-        """eigvec @ (alpha_i * eigval) for every image: [B, 3]."""
-        return (alpha.to(self.eigval) * self.eigval) @ self.eigvec.T
+        """eigvec @ (alpha_i * weights) for every image: [B, 3] (``transforms.lighting_weights``)."""
+        return (alpha.to(self.weights) * self.weights) @ self.eigvec.T
 
     def centre(self, images: Tensor) -> Tensor:
-        return self._scaled(F.center_crop(self._centred(images), [self.crop, self.crop]))
+        return self._scaled(F.center_crop(self._centred(images), [self.crop, self.crop]), self.value_scale)
 
     def ten_crops(self, images: Tensor) -> Tensor:
         """[B, 10, 3, crop, crop] in ``transforms.ten_crop``'s order."""
         crops = F.five_crop(self._centred(images), [self.crop, self.crop])
-        return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1))
+        return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1), self.value_scale)
 
 
 def main(argv: list[str] | None = None) -> None:

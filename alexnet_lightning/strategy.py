@@ -103,7 +103,7 @@ class TowerAlexNet(nn.Module):
                         layers[f"{name}_gather"] = GatherTowers(group, whole=name in WHOLE)
                     layers[name] = self._tower_layer(name, layer)
                 elif isinstance(layer, LocalResponseNorm):  # each GPU normalised only the maps it held
-                    layers[name] = LocalResponseNorm(1, layer.size, layer.alpha, layer.beta, layer.k)
+                    layers[name] = LocalResponseNorm(1, layer.size, layer.alpha, layer.beta, layer.k, layer.formula)
                 else:
                     layers[name] = layer
             setattr(self, part, nn.Sequential(layers))

@@ -55,21 +55,49 @@ class SubtractMean(nn.Module):
         return image - self.mean
 
 
-def pca_lighting(image: Tensor, alpha: Tensor, eigval: Tensor, eigvec: Tensor) -> Tensor:
-    """Adds ``eigvec @ (alpha * eigval)`` to every pixel of a [3, H, W] image (Section 4.1)."""
-    return image + (eigvec @ (alpha * eigval)).view(3, 1, 1)
+LIGHTING_FORMULAS = ("cuda-convnet2", "printed")
+
+
+def lighting_weights(eigval: Tensor, formula: str = "cuda-convnet2") -> Tensor:
+    """What multiplies alpha_i along eigenvector p_i.
+
+    "cuda-convnet2" (the default): the standard deviation along p_i, sqrt(lambda_i), as the authors' code computed
+    (convdata.py, ``ColorNoiseMakerThread`` and ``add_color_noise``: noise = sum_i alpha_i s_i p_i with s_i the
+    ``pca_stdevs``); in the units of the pixels it is added to, so the same at any pixel scale. "printed" (a
+    deviation): the paper's literal alpha_i * lambda_i, with lambda_i in [0, 1]-scale variance units, as
+    fb.resnet.torch and most later code compute it; several times weaker than the code's.
+    """
+    if formula not in LIGHTING_FORMULAS:
+        raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {formula!r}")
+    return eigval.clamp_min(0).sqrt() if formula == "cuda-convnet2" else eigval
+
+
+def pca_lighting(image: Tensor, alpha: Tensor, weights: Tensor, eigvec: Tensor) -> Tensor:
+    """Adds ``eigvec @ (alpha * weights)`` to every pixel of a [3, H, W] image (Section 4.1; ``lighting_weights``)."""
+    return image + (eigvec @ (alpha * weights)).view(3, 1, 1)
 
 
 class PCALighting(nn.Module):
-    """PCA colour augmentation: alpha_i ~ N(0, std) drawn once per image per use (Section 4.1)."""
+    """PCA colour augmentation: alpha_i ~ N(0, std) drawn once per image per use (Section 4.1), times
+    ``lighting_weights(eigval, formula)`` along the eigenvectors."""
 
-    def __init__(self, eigval: Tensor, eigvec: Tensor, std: float = 0.1) -> None:
+    def __init__(self, eigval: Tensor, eigvec: Tensor, std: float = 0.1, formula: str = "cuda-convnet2") -> None:
         super().__init__()
-        self.eigval, self.eigvec, self.std = eigval, eigvec, std
+        self.weights, self.eigvec, self.std = lighting_weights(eigval, formula), eigvec, std
 
     def forward(self, image: Tensor) -> Tensor:
         alpha = torch.randn(3, dtype=image.dtype) * self.std
-        return pca_lighting(image, alpha, self.eigval.to(image.dtype), self.eigvec.to(image.dtype))
+        return pca_lighting(image, alpha, self.weights.to(image.dtype), self.eigvec.to(image.dtype))
+
+
+def training_scale(value_scale: float, lighting_std: float | None, lighting_rescale: bool) -> float:
+    """What training images are multiplied by at the end: ``value_scale``, and with ``lighting_rescale`` also
+    1 / (1 + lighting_std), cuda-convnet2's rescale after adding the colour noise "so that the overall scale of the
+    training data doesn't become too different from the test data" (convdata.py, ``add_color_noise``). Not in the
+    paper: an option, off by default."""
+    if lighting_rescale and lighting_std is not None:
+        return value_scale / (1 + lighting_std)
+    return value_scale
 
 
 def ten_crop(image: Tensor, size: int) -> Tensor:
@@ -102,6 +130,8 @@ class TrainPreset:
         crop_size: int = 227,
         lighting_std: float | None = 0.1,
         value_scale: float = 1.0,
+        lighting_formula: str = "cuda-convnet2",
+        lighting_rescale: bool = False,
     ) -> None:
         steps = [
             rescale_and_centre(resize_size),
@@ -110,9 +140,10 @@ class TrainPreset:
             v2.RandomHorizontalFlip(p=0.5),
         ]
         if lighting_std is not None:
-            steps.append(PCALighting(eigval, eigvec, lighting_std))
-        if value_scale != 1:
-            steps.append(Scale(value_scale))
+            steps.append(PCALighting(eigval, eigvec, lighting_std, lighting_formula))
+        scale = training_scale(value_scale, lighting_std, lighting_rescale)
+        if scale != 1:
+            steps.append(Scale(scale))
         self.transforms = v2.Compose(steps)
 
     def __call__(self, image: Image.Image) -> Tensor:

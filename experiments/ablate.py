@@ -24,6 +24,7 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
+from alexnet_lightning.module import LEGACY_READINGS, readings
 from alexnet_lightning.reliability import check_writable, write_atomic
 from alexnet_lightning.report import write_report
 from alexnet_lightning.statistics import cache_dir
@@ -129,13 +130,16 @@ def code_version() -> str:
 
 
 def study_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs of a study comparable: the resolved base config, the epochs and the data."""
+    """What makes two runs of a study comparable: the resolved base config, the readings of LRN and PCA lighting
+    (module.READINGS: a study from before they were recorded computed the printed formulas), the epochs and the
+    data."""
     config: dict[str, Any] = {}
     for path in base_configs(args):
         config = merge(config, yaml.safe_load(path.read_text()) or {})
     return {
         "preset": args.preset,
         "base_config": config,
+        "readings": readings(config.get("model") or {}, config.get("data") or {}),
         "epochs": args.epochs,
         "data_root": str(args.data_root.resolve()) if args.data_root else None,
         "data_fingerprint": data_fingerprint(args.data_root),
@@ -149,10 +153,15 @@ def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     study_file = study_dir / "study.json"
     if study_file.exists():
         recorded = json.loads(study_file.read_text())
+        recorded.setdefault("readings", LEGACY_READINGS)
         changed = sorted(k for k in identity if recorded.get(k) != identity[k])
         if changed:
+            why = ""
+            if "readings" in changed:
+                why = (f" Its LRN and PCA lighting were computed with {recorded['readings']}, this version computes "
+                       f"{identity['readings']} (README, Faithfulness): their results must not be mixed.")
             raise SystemExit(
-                f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}). "
+                f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}).{why} "
                 f"Use --study with a new name, or remove {study_dir}."
             )
     else:

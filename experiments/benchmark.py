@@ -35,12 +35,13 @@ PAPER_IMAGES, PAPER_EPOCHS = 1_281_167, 90  # ILSVRC-2012 training set, ~90 epoc
 
 
 def with_torch_lrn(model: AlexNet) -> AlexNet:
-    """Swap our LRN for torch.nn.LocalResponseNorm; alpha * n because torch divides alpha by n.
+    """Swap our LRN for torch.nn.LocalResponseNorm, which divides alpha by n as the authors' code did.
 
     Its window crosses the tower boundary, so the values differ slightly: a comparison of cost only."""
     for name, layer in list(model.features.named_children()):
         if isinstance(layer, LocalResponseNorm):
-            torch_lrn = nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
+            alpha = layer.alpha if layer.formula == "cuda-convnet2" else layer.alpha * layer.size
+            torch_lrn = nn.LocalResponseNorm(layer.size, alpha, layer.beta, layer.k)
             setattr(model.features, name, torch_lrn)
     return model
 

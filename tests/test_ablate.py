@@ -105,6 +105,19 @@ def test_a_study_folder_of_another_config_is_refused(study_args):
         ablate.open_study(ablate.parse_args([*study_args, "--epochs", "3"]))
 
 
+def test_a_study_folder_from_before_the_readings_were_recorded_is_refused(study_args):
+    study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
+    assert identity["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
+                                    "lighting_rescale": False}
+    study_file = study_dir / "study.json"
+    old = json.loads(study_file.read_text())
+    del old["readings"]  # as a study written before this version recorded them
+    study_file.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"differs in: readings\). Its LRN and PCA lighting were computed with "
+                                         r"\{'lrn_formula': 'printed'"):
+        ablate.open_study(ablate.parse_args(study_args))
+
+
 def test_cells_run_baseline_first_and_one_cell_alone():
     args = ablate.parse_args(["--no-lrn", "--tanh", "--seeds", "2"])
     assert ablate.cells(args) == [("baseline", 0), ("no_lrn", 0), ("tanh", 0), ("baseline", 1), ("no_lrn", 1),

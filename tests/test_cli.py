@@ -20,8 +20,21 @@ def test_fit_a_few_steps_then_test_from_the_checkpoint(tiny_imagefolder, tiny_ov
     test = main(["test", *common, "--ckpt_path", str(checkpoint)])
     metrics = test.trainer.callback_metrics
     assert 0 <= float(metrics["test/top1_error"]) <= 1 and 0 <= float(metrics["test/top5_error"]) <= 1
-    saved = torch.load(checkpoint, weights_only=False)["state_dict"]["network.features.conv1.weight"]
-    torch.testing.assert_close(test.model.network.features.conv1.weight, saved)
+    saved = torch.load(checkpoint, weights_only=False)
+    conv1 = saved["state_dict"]["network.features.conv1.weight"]
+    torch.testing.assert_close(test.model.network.features.conv1.weight, conv1)
+    assert saved["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
+                                 "lighting_rescale": False}
+
+    # A checkpoint from before the readings were recorded is refused, and tested with the readings it names.
+    del saved["readings"], saved["hyper_parameters"]["lrn_formula"]  # as the project wrote them before
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    with pytest.raises(ValueError, match=f"checkpoint {old} was trained with lrn_formula='printed', "
+                                         "lighting_formula='printed'"):
+        main(["test", *common, "--ckpt_path", str(old)])
+    main(["test", *common, "--ckpt_path", str(old), "--model.lrn_formula", "printed",
+          "--data.lighting_formula", "printed"])
 
 
 def test_paper_config_resolves_to_the_paper_network(tmp_path):

@@ -8,14 +8,15 @@ from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.network import local_response_norm
 
 
-def plain_lrn(x: torch.Tensor, towers: int, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Tensor:
-    """The paper's formula map by map, per tower, left to autograd: the reference for values and gradients."""
+def plain_lrn(x: torch.Tensor, towers: int, n=5, k=2.0, per_term=1e-4 / 5, beta=0.75) -> torch.Tensor:
+    """The formula map by map, per tower, left to autograd: the reference for values and gradients. ``per_term``
+    weighs each squared term: alpha / n as the authors' code computed, alpha for the printed reading."""
     out = []
     for tower in x.chunk(towers, dim=1):
         c = tower.shape[1]
         for i in range(c):
             lo, hi = max(0, i - n // 2), min(c - 1, i + n // 2)
-            out.append(tower[:, i] / (k + alpha * tower[:, lo : hi + 1].pow(2).sum(1)) ** beta)
+            out.append(tower[:, i] / (k + per_term * tower[:, lo : hi + 1].pow(2).sum(1)) ** beta)
     return torch.stack(out, 1)
 
 
@@ -28,11 +29,12 @@ def test_fast_lrn_equals_the_formula_per_tower_in_float64():
 
 @pytest.mark.parametrize("towers", [1, 2])
 @pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 takes the rsqrt path, any other beta takes pow
-def test_fast_lrn_gradcheck(towers, beta):
+@pytest.mark.parametrize("formula, per_term", [("cuda-convnet2", 1e-4 / 5), ("printed", 1e-4)])
+def test_fast_lrn_gradcheck(towers, beta, formula, per_term):
     x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) * 30).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: local_response_norm(a, beta=beta, towers=towers), (x,))
-    np.testing.assert_allclose(local_response_norm(x, beta=beta, towers=towers).detach(),
-                               plain_lrn(x.detach(), towers, beta=beta), rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda a: local_response_norm(a, beta=beta, towers=towers, formula=formula), (x,))
+    np.testing.assert_allclose(local_response_norm(x, beta=beta, towers=towers, formula=formula).detach(),
+                               plain_lrn(x.detach(), towers, beta=beta, per_term=per_term), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

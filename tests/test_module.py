@@ -77,3 +77,22 @@ def test_a_few_steps_log_errors_and_lower_the_loss(paper_optimisation, tmp_path)
     assert {"train/loss_epoch", "val/loss", "train/top1_error", "val/top1_error"} <= set(metrics)
     assert "val/top5_error" not in metrics  # two classes have no top-5
     assert metrics["val/top1_error"] < 0.2
+
+
+def test_a_checkpoint_records_the_readings_and_one_from_before_them_is_refused(paper_optimisation):
+    from alexnet_lightning.module import LEGACY_READINGS
+
+    module = AlexNetModule(**paper_optimisation, **SMALL)
+    checkpoint = {"state_dict": {}}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": None,
+                                      "lighting_rescale": None}  # no data module: its readings are unknown
+    module.on_load_checkpoint(checkpoint)  # the same readings load
+    # Written before the readings were recorded: the printed formulas, which this run does not compute.
+    # (Without a data module only the network's reading is compared.)
+    with pytest.raises(ValueError, match=r"trained with lrn_formula='printed', this run computes "
+                                         r"lrn_formula='cuda-convnet2'.*pass --model.lrn_formula printed;"):
+        module.on_load_checkpoint({"state_dict": {}})
+    printed = AlexNetModule(**paper_optimisation, **SMALL, lrn_formula="printed")
+    printed.on_load_checkpoint({"state_dict": {}})
+    assert set(LEGACY_READINGS) == set(checkpoint["readings"])

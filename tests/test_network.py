@@ -63,36 +63,49 @@ def test_one_tower_has_half_the_kernels_but_full_conv5_and_fc():
     assert layers["fc6"].in_features == 256 * 6 * 6
 
 
-def reference_lrn(a: np.ndarray, n=5, k=2.0, alpha=1e-4, beta=0.75) -> np.ndarray:
-    """The paper's formula, written out one map at a time in float64."""
+def reference_lrn(a: np.ndarray, n=5, k=2.0, per_term=1e-4 / 5, beta=0.75) -> np.ndarray:
+    """b_i = a_i / (k + per_term * sum of a_j^2 over the window)^beta, one map at a time in float64."""
     b = np.empty_like(a)
     channels = a.shape[1]
     for i in range(channels):
         lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
-        b[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(axis=1)) ** beta
+        b[:, i] = a[:, i] / (k + per_term * (a[:, lo : hi + 1] ** 2).sum(axis=1)) ** beta
     return b
 
 
-def test_lrn_equals_the_paper_formula():
+def test_lrn_is_what_the_authors_code_computed_and_the_printed_formula_is_an_option():
     x = torch.randn(2, 13, 4, 4, dtype=torch.float64) * 30  # large enough that the denominator matters
+    # cuda-convnet2 (layer.py NormLayerParser, conv_util.cu kFCNorm): minDiv + scale / size * sum(a^2).
     ours = local_response_norm(x).numpy()
-    np.testing.assert_allclose(ours, reference_lrn(x.numpy()), rtol=1e-12)
+    np.testing.assert_allclose(ours, reference_lrn(x.numpy(), per_term=1e-4 / 5), rtol=1e-12)
     assert not np.allclose(ours, x.numpy() / 2**0.75)  # the squares did change something
-    # torch's module divides alpha by n: its alpha=5e-4 is the paper's 1e-4.
-    torch_lrn = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x).numpy()
+    # torch's module computes the same with the paper's constants.
+    torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x).numpy()
     np.testing.assert_allclose(ours, torch_lrn, rtol=1e-10)
+    # The literal reading of the printed formula: alpha per squared term, five times stronger.
+    printed = local_response_norm(x, formula="printed").numpy()
+    np.testing.assert_allclose(printed, reference_lrn(x.numpy(), per_term=1e-4), rtol=1e-12)
+    assert not np.allclose(printed, ours)
+    with pytest.raises(ValueError, match="lrn_formula"):
+        local_response_norm(x, formula="caffe")
 
 
-def test_lrn_is_applied_per_tower():
+@pytest.mark.parametrize("formula, per_term", [("cuda-convnet2", 1e-4 / 5), ("printed", 1e-4)])
+def test_lrn_is_applied_per_tower(formula, per_term):
     x = torch.randn(1, 96, 3, 3, dtype=torch.float64) * 30
     towers = x.view(1, 2, 48, 3, 3)
-    per_tower = torch.cat([torch.from_numpy(reference_lrn(towers[:, t].numpy())) for t in range(2)], 1)
-    torch.testing.assert_close(LocalResponseNorm(towers=2)(x), per_tower)
+    per_tower = torch.cat([torch.from_numpy(reference_lrn(towers[:, t].numpy(), per_term=per_term)) for t in (0, 1)], 1)
+    torch.testing.assert_close(LocalResponseNorm(towers=2, formula=formula)(x), per_tower)
     # Boosting the last map of tower 0 changes the first map of tower 1 only when the towers are one.
     boosted = x.clone()
     boosted[:, 47] *= 100
     assert torch.equal(LocalResponseNorm(towers=2)(boosted)[:, 48], LocalResponseNorm(towers=2)(x)[:, 48])
     assert not torch.allclose(LocalResponseNorm(towers=1)(boosted)[:, 48], LocalResponseNorm(towers=1)(x)[:, 48])
+
+
+def test_one_tower_lrn_is_torchs_local_response_norm_with_the_papers_constants():
+    x = torch.randn(3, 48, 7, 7) * 40
+    torch.testing.assert_close(LocalResponseNorm(towers=1)(x), nn.LocalResponseNorm(5, 1e-4, 0.75, 2)(x))
 
 
 def test_two_tower_model_normalises_each_tower_separately():
@@ -101,6 +114,8 @@ def test_two_tower_model_normalises_each_tower_separately():
     assert [n.towers for n in norms] == [2, 2]
     assert [n.towers for n in (AlexNet(num_classes=10, towers=1).features.conv1_lrn,)] == [1]
     assert not hasattr(AlexNet(num_classes=10, lrn=False).features, "conv1_lrn")
+    assert [n.formula for n in norms] == ["cuda-convnet2"] * 2
+    assert AlexNet(num_classes=10, lrn_formula="printed").features.conv2_lrn.formula == "printed"
 
 
 def test_initial_weights_and_biases_follow_the_paper():
@@ -156,7 +171,8 @@ def test_width_scales_kernels_and_keeps_towers_whole():
 @pytest.mark.parametrize(
     "kwargs, option",
     [({"drop_layer": "conv6"}, "drop_layer"), ({"towers": 3}, "towers"), ({"width": 0}, "width"),
-     ({"dropout": 1.0}, "dropout"), ({"input_size": 30}, "input_size"), ({"activation": "gelu"}, "activation")],
+     ({"dropout": 1.0}, "dropout"), ({"input_size": 30}, "input_size"), ({"activation": "gelu"}, "activation"),
+     ({"lrn_formula": "alpha"}, "lrn_formula")],
 )
 def test_impossible_options_name_themselves(kwargs, option):
     with pytest.raises(ValueError, match=option):

@@ -96,7 +96,7 @@ def test_batch_augmentation_equals_the_reference_operations_image_by_image():
     for i in range(6):
         x = F.crop(F.to_dtype(images[i], torch.float32, scale=True) - mean, top[i], left[i], CROP, CROP)
         x = F.horizontal_flip(x) if flip[i] else x
-        torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval, eigvec), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval.sqrt(), eigvec), rtol=0, atol=1e-6)
     # Validation and test: exactly EvalPreset's centre crop and ten crops.
     raw = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1, value_scale=255).apply(images, top, left, flip, alpha)
     assert torch.equal(raw, out * 255)  # the paper's raw pixel scale: the same values times 255

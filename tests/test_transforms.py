@@ -10,6 +10,7 @@ from alexnet_lightning.transforms import (
     EvalPreset,
     PCALighting,
     TrainPreset,
+    lighting_weights,
     load_rgb,
     pca_lighting,
     rescale_and_centre,
@@ -95,18 +96,22 @@ def test_eval_presets_centre_crop_and_ten_crops() -> None:
     assert torch.equal(crops[4], centre) and torch.equal(crops[9], centre.flip(-1))
 
 
-def test_pca_lighting_matches_the_formula() -> None:
+@pytest.mark.parametrize("formula", ["cuda-convnet2", "printed"])
+def test_pca_lighting_matches_the_formula(formula: str) -> None:
     rng = np.random.default_rng(0)
     image = rng.uniform(-0.5, 0.5, size=(3, 5, 4))
     alpha = np.array([0.13, -0.07, 0.02])
     eigval, eigvec = PUBLISHED_EIGVAL.double().numpy(), PUBLISHED_EIGVEC.double().numpy()
-    # Section 4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel.
-    shift = sum(eigvec[:, i] * alpha[i] * eigval[i] for i in range(3))
+    # cuda-convnet2 adds sum_i alpha_i s_i p_i with s_i the standard deviations; the printed formula (Section 4.1)
+    # adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T.
+    weights = np.sqrt(eigval) if formula == "cuda-convnet2" else eigval
+    shift = sum(eigvec[:, i] * alpha[i] * weights[i] for i in range(3))
     expected = image + shift[:, None, None]
-    out = pca_lighting(
-        torch.from_numpy(image), torch.from_numpy(alpha), PUBLISHED_EIGVAL.double(), PUBLISHED_EIGVEC.double()
-    )
+    out = pca_lighting(torch.from_numpy(image), torch.from_numpy(alpha),
+                       lighting_weights(PUBLISHED_EIGVAL.double(), formula), PUBLISHED_EIGVEC.double())
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lighting_formula"):
+        lighting_weights(PUBLISHED_EIGVAL, "eigval")
 
 
 def test_pca_lighting_draws_one_alpha_per_image_with_the_given_std() -> None:
@@ -116,7 +121,8 @@ def test_pca_lighting_draws_one_alpha_per_image_with_the_given_std() -> None:
     shift = lighting(image) - image
     torch.manual_seed(1)
     alpha = torch.randn(3) * 0.1
-    torch.testing.assert_close(shift, (PUBLISHED_EIGVEC @ (alpha * PUBLISHED_EIGVAL)).view(3, 1, 1).expand(3, 8, 8))
+    expected = PUBLISHED_EIGVEC @ (alpha * PUBLISHED_EIGVAL.sqrt())
+    torch.testing.assert_close(shift, expected.view(3, 1, 1).expand(3, 8, 8))
     assert not torch.allclose(lighting(image), lighting(image))  # a fresh alpha per use
 
 
