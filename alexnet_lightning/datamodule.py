@@ -383,15 +383,6 @@ class ImageNetDataModule(L.LightningDataModule):
 
         return load_or_compute(root, size, batches)
 
-        def batches() -> Iterator[Tensor]:
-            train = self._dataset("train", rescale_and_centre(size))
-            count = min(len(train), self.hparams.statistics_images)
-            sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-            loader = self._loader(Subset(train, sample.tolist()), shuffle=False, image_shape=(3, size, size))
-            return (images for images, _, _ in tqdm(loader, desc="Training-set statistics"))
-
-        return load_or_compute(root, size, batches)
-
     def prepare_data(self) -> None:
         """Once per node: generates the built-in set or extracts the archives, writes the prepared shards if
         asked to, then computes the statistics."""
