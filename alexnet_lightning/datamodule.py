@@ -4,7 +4,8 @@ The data root is one of:
 - ``None``: the built-in stand-in (``builtin.py``), generated on first use into the cache folder;
 - an ImageFolder layout, ``<root>/train/<class>/<image>`` and ``<root>/val/<class>/<image>``;
 - the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
-  ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` extracts on first use;
+  ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` checks (MD5) and extracts on first use
+  into ``<root>/train``, ``<root>/val`` and ``<root>/meta.bin``; the classes are the devkit's;
 - a prepared folder (``prepared.json`` and 256x256 uint8 shards, ``prepared.py``): the fast path, which
   augments whole batches on the device instead of decoding and transforming files image by image.
 
@@ -15,8 +16,11 @@ mid-epoch sees the batches an uninterrupted run would have seen.
 ImageNet's test labels are not public, so the test split is the validation folder, with ten crops.
 """
 
+import io
 import os
+import shutil
 import struct
+import tarfile
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -25,11 +29,12 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import scipy.io
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
-from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet
+from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet, imagenet
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
@@ -143,6 +148,48 @@ def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
     return "folders"
 
 
+def _devkit_wnids(root: Path) -> list[str]:
+    """The classes of the ILSVRC-2012 archives in ``root``: the WordNet ids of the leaf synsets in the devkit's
+    meta.mat (1000 in ILSVRC-2012), sorted, which is torchvision's label order. Read from inside the archive (a
+    few MB), so that the class count is known before anything is extracted."""
+    devkit = root / ARCHIVES[2]
+    try:
+        with tarfile.open(devkit) as archive:
+            meta = archive.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
+        synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+        return sorted(synsets["WNID"][synsets["num_children"] == 0].tolist())
+    except (OSError, tarfile.TarError, scipy.io.matlab.MatReadError, KeyError, ValueError) as err:
+        raise ValueError(f"Cannot read the classes (ILSVRC2012_devkit_t12/data/meta.mat) from {devkit}: {err}") from err
+
+
+def _extract(root: Path, split: str) -> None:
+    """Extracts one split of the ILSVRC-2012 archives in ``root`` (and the devkit's ``meta.bin``) as
+    ``torchvision.datasets.ImageNet`` does on first use, after its check of the archives' MD5 sums, but into
+    ``root/.<split>.partial``, renamed to ``root/<split>`` when complete: an interrupted extraction is done again
+    instead of read as a smaller dataset with shifted labels. Raises, naming ``root``, if it cannot be written."""
+    if (root / imagenet.META_FILE).is_file() and (root / split).is_dir():
+        return
+    partial = root / f".{split}.partial"
+    try:
+        shutil.rmtree(partial, ignore_errors=True)  # what an interrupted extraction left
+        partial.mkdir()
+    except OSError as err:
+        raise OSError(
+            err.errno, f"The ILSVRC-2012 archives in {root} are extracted into {root / split} and "
+            f"{root / imagenet.META_FILE} on first use, but {root} cannot be written ({err.strerror}): make it "
+            f"writable for the first run, or put the archives in a folder that is"
+        ) from err
+    try:
+        if not (root / imagenet.META_FILE).is_file():
+            imagenet.parse_devkit_archive(str(root))
+        if not (root / split).is_dir():
+            parse = imagenet.parse_train_archive if split == "train" else imagenet.parse_val_archive
+            parse(str(root), folder=partial.name)
+            partial.rename(root / split)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 class _LogSkippedFiles(L.Callback):
     """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch.
 
@@ -185,7 +232,7 @@ class ImageNetDataModule(L.LightningDataModule):
     Args:
         batch_size: Images per batch (the paper: 128).
         root: Data root: an ImageFolder layout (``train/<class>/*``, ``val/<class>/*``), or a folder
-            with the ILSVRC-2012 archives (extracted on first use), or a prepared folder
+            with the ILSVRC-2012 archives (extracted beside them on first use), or a prepared folder
             (``python -m alexnet_lightning.prepared``). ``None``: the built-in stand-in, generated on first
             use into ``$ALEXNET_LIGHTNING_CACHE`` (default ``~/.cache/alexnet-lightning``).
         resize_size: Side of the central square the images are rescaled to once (the paper: 256).
@@ -238,7 +285,7 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.layout is None:
             self.num_classes = builtin.NUM_CLASSES
         elif self.layout == "archives":
-            self.num_classes = 1000
+            self.num_classes = len(_devkit_wnids(Path(root)))
         elif self.layout == "prepared":
             self.num_classes = len(self._prepared_meta(Path(root))["classes"])
         else:
@@ -270,7 +317,16 @@ class ImageNetDataModule(L.LightningDataModule):
     def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> SkipUnreadable:
         root = self.data_root()
         if self.layout == "archives":
-            return SkipUnreadable(ImageNet(str(root), split, transform=transform, loader=load_rgb))
+            _extract(root, split)
+            dataset = ImageNet(str(root), split, transform=transform, loader=load_rgb)
+            wnids = _devkit_wnids(root)
+            if dataset.wnids != wnids:  # labels are positions in the sorted folder names: all must be there
+                raise ValueError(
+                    f"The class folders of {root / split} differ from the classes of {root / ARCHIVES[2]}: "
+                    f"missing {sorted(set(wnids) - set(dataset.wnids))[:5]}, not in the devkit "
+                    f"{sorted(set(dataset.wnids) - set(wnids))[:5]}. Remove {root / split} to extract it again."
+                )
+            return SkipUnreadable(dataset)
         folder = root / split
         dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
         train_classes = find_classes(root / "train")[0]
@@ -336,15 +392,6 @@ class ImageNetDataModule(L.LightningDataModule):
 
         return load_or_compute(root, size, batches)
 
-        def batches() -> Iterator[Tensor]:
-            train = self._dataset("train", rescale_and_centre(size))
-            count = min(len(train), self.hparams.statistics_images)
-            sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-            loader = self._loader(Subset(train, sample.tolist()), shuffle=False, image_shape=(3, size, size))
-            return (images for images, _, _ in tqdm(loader, desc="Training-set statistics"))
-
-        return load_or_compute(root, size, batches)
-
     def prepare_data(self) -> None:
         """Once per node: generates the built-in set or extracts the archives, writes the prepared shards if
         asked to, then computes the statistics."""
@@ -353,7 +400,7 @@ class ImageNetDataModule(L.LightningDataModule):
                              workers=self.num_workers)
         elif self.layout == "archives":
             for split in SPLITS:
-                ImageNet(self.hparams.root, split)
+                _extract(Path(self.hparams.root), split)
         self.statistics()
 
     def setup(self, stage: str) -> None:

@@ -54,7 +54,8 @@ def prepare(source: str | None, dest: Path, size: int = 256, shard_size: int = 2
     meta = {"format": FORMAT, "size": size, "source": str(source_data.data_root().resolve()), "splits": {}}
     for split in SPLITS:
         dataset = source_data._dataset(split, resize_and_centre(size))
-        meta["classes"] = dataset.folder.classes
+        # The folder names, which the labels index; ImageNet's ``classes`` are names, "crane" for two of them.
+        meta["classes"] = getattr(dataset.folder, "wnids", dataset.folder.classes)
         folder = dest / split
         folder.mkdir(parents=True, exist_ok=True)
         shards = math.ceil(len(dataset) / shard_size)

@@ -4,6 +4,8 @@ import pytest
 import torch
 import yaml
 
+from tests.archives import StandIn, checksums, write_archives
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +23,23 @@ def tiny_imagefolder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     builtin.generate(root, seed=0, train_per_class=6, val_per_class=3)
     return root
+
+
+@pytest.fixture
+def imagenet_archives(tmp_path, monkeypatch) -> StandIn:
+    """A small stand-in for the official ILSVRC-2012 archives (``tests/archives.py``: 4 classes, 5 training images
+    each, 8 validation images) in a fresh folder, whose MD5 sums torchvision accepts during the test.
+
+    torchvision refuses archives whose MD5 sums are not the official ones, which no small stand-in can match. The
+    test replaces torchvision's table of expected sums (``imagenet.ARCHIVE_META``) with the stand-in's own sums, for
+    the test only: the check itself still runs on every archive, and the product code never changes it
+    (tests/test_archives.py checks that the official table rejects the stand-in).
+    """
+    from torchvision.datasets import imagenet
+
+    stand_in = write_archives(tmp_path / "archives")
+    monkeypatch.setattr(imagenet, "ARCHIVE_META", checksums(stand_in.root))
+    return stand_in
 
 
 @pytest.fixture
