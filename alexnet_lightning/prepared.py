@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
+from alexnet_lightning.progress import progress
 from alexnet_lightning.reliability import write_atomic
 from alexnet_lightning.transforms import lighting_weights, training_scale
 
@@ -62,7 +62,7 @@ def prepare(source: str | None, dest: Path, size: int = 256, shard_size: int = 2
         todo = [k for k in range(shards) if not (folder / f"{k:05d}.json").is_file()]
         batches = [list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size))) for k in todo]
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list)
-        for k, indices, samples in tqdm(zip(todo, batches, loader), total=len(todo), desc=f"Preparing {split}"):
+        for k, indices, samples in progress(zip(todo, batches, loader), f"Preparing {split}", len(todo)):
             kept = [sample for sample in samples if sample is not None]
             images = np.stack([image.numpy() for image, _ in kept]) if kept else np.empty((0, 3, size, size), np.uint8)
             labels = np.array([label for _, label in kept], np.int64)
