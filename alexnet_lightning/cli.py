@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning.datamodule import ImageNetDataModule
+from alexnet_lightning.diagnostics import Diagnostics
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.progress import LogLines
 from alexnet_lightning.reliability import (
@@ -84,7 +85,7 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
         parser_kwargs={"description": DESCRIPTION},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm()]},
+        trainer_defaults={"callbacks": [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm(), Diagnostics()]},
     )
 
 

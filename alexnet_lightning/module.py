@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from alexnet_lightning import outcomes
 from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.network import AlexNet
 
@@ -79,6 +80,8 @@ class AlexNetModule(L.LightningModule):
                 metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             setattr(self, f"{stage}_metrics", MetricCollection(metrics))
         self.train_metrics.persistent(True)  # a checkpoint written mid-epoch holds the epoch's counts so far
+        self.test_outcomes: torch.Tensor | None = None  # the last test's per-image rows (outcomes.per_image)
+        self._test_rows: list[torch.Tensor] = []
 
     def readings(self) -> dict[str, Any]:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
@@ -135,6 +138,8 @@ class AlexNetModule(L.LightningModule):
             scores = self(x)
             loss = F.cross_entropy(scores, y)
         getattr(self, f"{stage}_metrics").update(scores.detach(), y)
+        if stage == "test":
+            self._test_rows.append(outcomes.per_image(scores.detach(), y))
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -144,7 +149,16 @@ class AlexNetModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")
 
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
     def on_test_epoch_end(self) -> None:
+        empty = torch.zeros(0, 4, dtype=torch.long, device=self.device)  # a process that scored no batch
+        rows = torch.cat(self._test_rows) if self._test_rows else empty
+        loader = self.trainer.test_dataloaders
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        self.test_outcomes = outcomes.gather(self.trainer.strategy, rows, len(loader.dataset))
+        self._test_rows = []
         self._log_errors("test")
 
     def _log_errors(self, stage: str) -> None:

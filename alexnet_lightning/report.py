@@ -1,4 +1,6 @@
-"""The ablation table: errors per variant, changes against the baseline over seeds, and the paper's beside them.
+"""The ablation table: each variant's change against the baseline with its 95% interval, p-value and verdict
+(``inference.py``, from the cells' per-image outcomes), the paper's change beside it, and the diagnostics that say
+whether the mechanism under study was active (``diagnostics.py``).
 
 Read by experiments/ablate.py, experiments/compare.py and notebooks/ablation_report.ipynb.
 """
@@ -11,22 +13,37 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from alexnet_lightning import outcomes
+from alexnet_lightning.diagnostics import INERT_WITHIN
+from alexnet_lightning.inference import METHOD, compare_variants
 from alexnet_lightning.variants import VARIANTS, get_variant
 
 METRICS = ("top1", "top5")
+LRN_LAYERS = ("conv1", "conv2")
+NO_OUTCOMES = (
+    "no interval: the cells' per-image outcome files (runs/<variant>/seed<k>/outcomes.npz) are missing; the change "
+    "is the mean over seeds of the error differences"
+)
 
 
-def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per variant from per-run results ({"variant", "seed", "test/top1_error", "test/top5_error"}).
+def summarise(
+    results: list[dict[str, Any]], outcomes: dict[str, dict[int, dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per variant from per-cell results (result.json: "variant", "seed", "test/top1_error", ..., and the
+    "diag/..." diagnostics) and, where there are, their per-image outcomes ({variant: {seed: outcome file}}).
 
-    Errors are reported in percent. A variant's change is paired by seed with the baseline: its mean and its
-    spread (sample standard deviation over seeds) in points. A change whose size is not larger than its spread,
-    or that has fewer than two seeds to measure a spread, is marked as not resolved.
+    Errors are in percent, mean and standard deviation over seeds. A variant's change against the baseline and its
+    interval, p-values, verdict and resolvable size come from the outcomes, per metric (``inference``); a variant
+    without outcomes gets the mean over common seeds of its error differences and no interval. Diagnostics are
+    averaged over seeds; ``flags`` says what makes a row hard to read.
     """
     by_variant: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in results:
         by_variant[r["variant"]][int(r["seed"])] = r
     baseline = by_variant.get("baseline", {})
+    changes = {m: _changes(outcomes or {}, m) for m in METRICS}
     rows = []
     for name in sorted(by_variant, key=lambda n: list(VARIANTS).index(n) if n in VARIANTS else len(VARIANTS)):
         runs, variant = by_variant[name], get_variant(name)
@@ -34,18 +51,85 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             errors = [100 * r[f"test/{m}_error"] for r in runs.values() if f"test/{m}_error" in r]
             row[f"{m}_error"], row[f"{m}_error_spread"] = _mean_spread(errors)
-            deltas = [
-                100 * (runs[s][f"test/{m}_error"] - baseline[s][f"test/{m}_error"])
-                for s in sorted(runs.keys() & baseline.keys())
-                if f"test/{m}_error" in runs[s] and f"test/{m}_error" in baseline[s]
-            ]
-            delta, spread = _mean_spread(deltas)
-            row[f"{m}_delta"], row[f"{m}_delta_spread"], row[f"{m}_delta_seeds"] = delta, spread, len(deltas)
-            row[f"{m}_resolved"] = name != "baseline" and len(deltas) >= 2 and abs(delta) > spread
+            if name != "baseline":
+                row |= _change_fields(m, changes[m].get(name), runs, baseline)
             row[f"paper_{m}_delta"] = getattr(variant, f"paper_{m}")
         row["paper_effect"] = variant.paper_effect
+        row |= _diagnostics(runs)
+        row["flags"] = "; ".join(_flags(row, runs, baseline))
         rows.append(row)
     return rows
+
+
+def _changes(outcomes: dict[str, dict[int, dict[str, Any]]], m: str) -> dict[str, Any]:
+    errors = {v: {s: ~o[f"{m}_correct"] for s, o in seeds.items() if f"{m}_correct" in o}
+              for v, seeds in outcomes.items()}
+    errors = {v: seeds for v, seeds in errors.items() if seeds}
+    baseline = errors.pop("baseline", {})
+    return compare_variants(baseline, errors) if baseline and errors else {}
+
+
+def _change_fields(m: str, change: Any, runs: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any]:
+    if change is not None:
+        return {
+            f"{m}_delta": change.delta, f"{m}_low": change.low, f"{m}_high": change.high, f"{m}_p": change.p,
+            f"{m}_p_holm": change.p_holm, f"{m}_resolved": change.resolved, f"{m}_resolvable": change.resolvable,
+            f"{m}_se_seed": change.se_seed, f"{m}_se_image": change.se_image, f"{m}_paired_seeds": len(change.seeds),
+            f"{m}_images": change.images, f"{m}_seed_spread_measured": change.seed_spread_measured,
+        }
+    key = f"test/{m}_error"
+    deltas = [100 * (runs[s][key] - baseline[s][key]) for s in sorted(runs.keys() & baseline.keys())
+              if key in runs[s] and key in baseline[s]]
+    nan = math.nan
+    return {
+        f"{m}_delta": statistics.fmean(deltas) if deltas else nan, f"{m}_low": nan, f"{m}_high": nan, f"{m}_p": nan,
+        f"{m}_p_holm": nan, f"{m}_resolved": False, f"{m}_resolvable": nan, f"{m}_se_seed": nan,
+        f"{m}_se_image": nan, f"{m}_paired_seeds": len(deltas), f"{m}_images": None,
+        f"{m}_seed_spread_measured": None,
+    }
+
+
+def _diagnostics(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds of the cells' diagnostics (diagnostics.py); epochs to the target per seed."""
+    cells = list(runs.values())
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in cells if r.get(key) is not None]
+        return statistics.fmean(values) if values else math.nan
+
+    row: dict[str, Any] = {}
+    for layer in LRN_LAYERS:
+        for phase in ("start", "end"):
+            row[f"{layer}_lrn_factor_{phase}"] = mean(f"diag/{layer}_lrn_factor_{phase}")
+    row["lrn_k_beta"] = mean("diag/lrn_k_beta")
+    inert = [r["diag/lrn_inert"] for r in cells if r.get("diag/lrn_inert") is not None]
+    row["lrn_inert_seeds"] = sum(inert) if inert else None
+    row["val_minus_train_top1"] = 100 * mean("diag/val_minus_train_top1")
+    row["pca_noise_ratio"] = mean("diag/pca_noise_ratio")
+    row["train_error_target"] = mean("diag/train_error_target")
+    row["epochs_to_train_error_target"] = [r.get("diag/epochs_to_train_error_target") for r in cells
+                                           if "diag/train_error_target" in r]
+    return row
+
+
+def _flags(row: dict[str, Any], runs: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> list[str]:
+    flags = []
+    inert = row["lrn_inert_seeds"]
+    if inert is not None and inert > 0:
+        flags.append("LRN inert" if inert == len(runs) else f"LRN inert in {inert} of {len(runs)} seeds")
+    elif inert is None and row["variant"] != "baseline":  # a variant without LRN: was the baseline's active?
+        paired = [baseline[s].get("diag/lrn_inert") for s in runs.keys() & baseline.keys()]
+        paired = [p for p in paired if p is not None]
+        if paired and any(paired):
+            some = "" if all(paired) else f" ({sum(paired)} of {len(paired)} seeds)"
+            flags.append(f"LRN inert in the baseline{some}")
+    if any(row.get(f"{m}_seed_spread_measured") is False for m in METRICS):
+        flags.append("one seed†")
+    if row["variant"] != "baseline" and all(math.isnan(row.get(f"{m}_low", math.nan)) for m in METRICS) and any(
+        not math.isnan(row.get(f"{m}_delta", math.nan)) for m in METRICS
+    ):
+        flags.append("no interval")
+    return flags
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:
@@ -54,39 +138,96 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: float | None, spread: float = math.nan, sign: bool = False) -> str:
-    if value is None or math.isnan(value):
+    if _missing(value):
         return "–"
     text = f"{value:+.2f}" if sign else f"{value:.2f}"
     return text if math.isnan(spread) else f"{text} ± {spread:.2f}"
 
 
+def _fmt_change(r: dict[str, Any], m: str) -> str:
+    if r["variant"] == "baseline":
+        return ""
+    delta, low = r.get(f"{m}_delta", math.nan), r.get(f"{m}_low", math.nan)
+    if _missing(delta):
+        return "–"
+    if _missing(low):
+        return f"{delta:+.2f} (no interval)"
+    text = f"{delta:+.2f} [{low:+.2f}, {r[f'{m}_high']:+.2f}]"
+    text = f"**{text}**" if r[f"{m}_resolved"] else f"{text} n.r.; resolvable ±{r[f'{m}_resolvable']:.2f}"
+    return text + ("†" if r[f"{m}_seed_spread_measured"] is False else "")
+
+
+def _fmt_p(r: dict[str, Any], m: str) -> str:
+    p = r.get(f"{m}_p", math.nan)
+    return "" if r["variant"] == "baseline" else "–" if _missing(p) else f"{p:.3g} / {r[f'{m}_p_holm']:.3g}"
+
+
+def _fmt_lrn(r: dict[str, Any], layer: str) -> str:
+    start, end, k_beta = r[f"{layer}_lrn_factor_start"], r[f"{layer}_lrn_factor_end"], r["lrn_k_beta"]
+    if _missing(k_beta) or (_missing(start) and _missing(end)):
+        return "–"
+    return " → ".join("–" if _missing(f) else f"{100 * (f / k_beta - 1):+.2f}%" for f in (start, end))
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """The table of changes with their verdicts, then the table of diagnostics, each with its footer."""
+    metrics = [m for m in METRICS if any(not _missing(r.get(f"{m}_error")) for r in rows)]
+    names = {"top1": "top-1", "top5": "top-5"}
+    header = "| variant | seeds | " + " | ".join(
+        f"{names[m]} err % | Δ {names[m]} (pts) [95% interval] | p / Holm p" for m in metrics
+    ) + " | " + " | ".join(f"paper Δ {names[m]}" for m in metrics) + " | paper | flags |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        cells = [r["variant"], str(r["seeds"])]
+        for m in metrics:
+            cells += [_fmt(r[f"{m}_error"], r[f"{m}_error_spread"]), _fmt_change(r, m), _fmt_p(r, m)]
+        cells += [_fmt(r[f"paper_{m}_delta"], sign=True) for m in metrics]
+        cells += [r["paper_effect"], r["flags"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = max((r["seeds"] for r in rows), default=0)
+    images = max((r.get(f"{m}_images") or 0 for r in rows for m in metrics), default=0)
+    lines += [
+        "",
+        f"Errors: mean ± standard deviation over {seeds} seed(s), ten-crop test"
+        + (f" on {images} images." if images else ".")
+        + f" {METHOD}. **Bold**: resolved; n.r.: not resolved. †: one seed, so the interval covers test-image noise "
+        "only: seed-to-seed spread was not measured.",
+    ]
+    if any("no interval" in r["flags"] for r in rows):
+        lines += ["", f"No interval: {NO_OUTCOMES}."]
+    return "\n".join(lines) + "\n\n" + diagnostics_markdown(rows)
+
+
+def diagnostics_markdown(rows: list[dict[str, Any]]) -> str:
+    """The diagnostics table: was the mechanism under study active, how much did each row overfit and learn."""
+    targets = {r["train_error_target"] for r in rows if not _missing(r["train_error_target"])}
+    target = f"{100 * targets.pop():.0f}%" if len(targets) == 1 else "the target"
     lines = [
-        "| variant | top-1 err % | top-5 err % | Δ top-1 (pts) | Δ top-5 (pts) "
-        "| paper Δ top-1 | paper Δ top-5 | paper |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| variant | LRN conv1 (start → end) | LRN conv2 (start → end) | val − train top-1 (pts) "
+        f"| PCA noise / pixel std | epochs to {target} train error | flags |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        deltas = []
-        for m in METRICS:
-            text = "" if r["variant"] == "baseline" else _fmt(r[f"{m}_delta"], r[f"{m}_delta_spread"], sign=True)
-            if text not in ("", "–") and not r[f"{m}_resolved"]:
-                text += " (n.r.)"
-            deltas.append(text)
+        epochs = ", ".join("not reached" if e is None else str(e) for e in r["epochs_to_train_error_target"]) or "–"
         lines.append(
-            f"| {r['variant']} | {_fmt(r['top1_error'], r['top1_error_spread'])} "
-            f"| {_fmt(r['top5_error'], r['top5_error_spread'])} | {deltas[0]} | {deltas[1]} "
-            f"| {_fmt(r['paper_top1_delta'], sign=True)} | {_fmt(r['paper_top5_delta'], sign=True)} "
-            f"| {r['paper_effect']} |"
+            f"| {r['variant']} | {_fmt_lrn(r, 'conv1')} | {_fmt_lrn(r, 'conv2')} "
+            f"| {_fmt(r['val_minus_train_top1'], sign=True)} | {_fmt(r['pca_noise_ratio'])} | {epochs} "
+            f"| {r['flags']} |"
         )
-    seeds = max((r["seeds"] for r in rows), default=0)
-    lines.append("")
-    lines.append(
-        f"Errors: mean ± spread (standard deviation) over {seeds} seed(s), ten-crop test. Δ: change against the "
-        "baseline at the same seed. (n.r.) = not resolved: the change is not larger than its spread over seeds, "
-        "or there are fewer than two seeds to measure one."
-    )
+    lines += [
+        "",
+        "LRN: the mean factor d^β (d = k + α/n Σa²) by which each LRN layer divided its input, as its excess over "
+        "k^β, on a training batch at the start of training and at the end (mean over seeds). LRN inert: every "
+        f"layer's factor within {100 * INERT_WITHIN:.0f}% of k^β at the start and at the end, so LRN was close to "
+        "a constant factor and removing it says little about LRN. val − train: the last epoch's validation minus "
+        "(running, augmented) training top-1 error; positive is overfitting. PCA noise / pixel std: the lighting "
+        "noise's standard deviation over the pixels'. Epochs to the training error: per seed.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -97,7 +238,8 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     finite = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
     paths["json"].write_text(json.dumps(finite, indent=2))
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["variant"])
+        fields = list(dict.fromkeys(key for r in rows for key in r)) or ["variant"]  # the baseline has no change
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     return paths
@@ -117,7 +259,8 @@ def read_curves(metrics_files: list[Path]) -> dict[str, list[tuple[int, float]]]
 
 
 def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
-    """learning_curves.png (top-1 error per epoch, each variant's seeds) and deltas.png (ours against the paper's)."""
+    """learning_curves.png (top-1 error per epoch, each variant's seeds) and deltas.png (a forest plot: each
+    variant's change with its 95% interval, the paper's change beside it, the flags in the labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,24 +279,38 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
                             alpha=0.8, label=name if i == 0 else None)
         ax.set(title=key, xlabel="epoch", ylabel="top-1 error (%)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    if curves:
+        axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths["curves"], dpi=100)
     plt.close(fig)
 
     ablations = [r for r in rows if r["variant"] != "baseline"]
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(ablations) + 2), 4))
-    xs = range(len(ablations))
-    ours = [r["top1_delta"] for r in ablations]
-    spreads = [0 if math.isnan(r["top1_delta_spread"]) else r["top1_delta_spread"] for r in ablations]
-    ax.bar(xs, ours, yerr=spreads, capsize=4, color="C0", alpha=0.7, label="measured (mean ± spread over seeds)")
-    paper = [(x, r["paper_top1_delta"]) for x, r in zip(xs, ablations) if r["paper_top1_delta"] is not None]
-    if paper:
-        ax.scatter(*zip(*paper), color="C3", marker="D", zorder=3, label="paper (ILSVRC)")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(list(xs), [r["variant"] for r in ablations], rotation=20)
-    ax.set(ylabel="Δ top-1 error vs baseline (points)", title="Ablations against the paper")
-    ax.legend(fontsize=8)
+    metrics = [m for m in METRICS if any(not _missing(r.get(f"{m}_delta")) for r in ablations)] or ["top1"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 1.5, 0.6 * len(ablations) + 1.8),
+                             sharey=True, squeeze=False)
+    ys = np.arange(len(ablations))[::-1]
+    for ax, m in zip(axes[0], metrics):
+        for y, r in zip(ys, ablations):
+            delta, low, high = (r.get(f"{m}_{k}", math.nan) for k in ("delta", "low", "high"))
+            if _missing(delta):
+                continue
+            colour = "C0" if r[f"{m}_resolved"] else "0.45"
+            if not _missing(low):
+                ax.plot([low, high], [y, y], color=colour, lw=2, solid_capstyle="butt")
+            ax.plot(delta, y, "o", color=colour, mfc=colour if r[f"{m}_resolved"] else "white", ms=7, zorder=3)
+            if not _missing(r[f"paper_{m}_delta"]):
+                ax.plot(r[f"paper_{m}_delta"], y, "D", color="C3", ms=6, zorder=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel=f"Δ {m.replace('top', 'top-')} error vs baseline (points)", ylim=(-0.7, len(ablations) - 0.3))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(ys, [r["variant"] + (f"\n{r['flags']}" if r["flags"] else "") for r in ablations],
+                          fontsize=8)
+    handles = [plt.Line2D([], [], color="C0", marker="o", lw=2, label="resolved (95% interval, Holm)"),
+               plt.Line2D([], [], color="0.45", marker="o", mfc="white", lw=2, label="not resolved"),
+               plt.Line2D([], [], color="C3", marker="D", ls="", label="paper (ILSVRC)")]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle("Ablations against the paper: change with its 95% interval", fontsize=10)
     fig.tight_layout()
     fig.savefig(paths["deltas"], dpi=100)
     plt.close(fig)
@@ -170,10 +327,36 @@ def load_study(study_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[di
     return results, dict(curves)
 
 
+def load_outcomes(study_dir: Path, results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """{variant: {seed: outcome file}} of the finished cells that have one, checked: each agrees with its cell's
+    result.json (its top-1 error, within the padding a data-parallel test adds) and all were tested on the same
+    ordered images (the same test-set hash and labels). A ValueError names the file that disagrees."""
+    found: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    reference: tuple[Path, dict[str, Any]] | None = None
+    for r in results:
+        path = study_dir / "runs" / r["variant"] / f"seed{r['seed']}" / outcomes.FILE
+        if not path.is_file():
+            continue
+        o = outcomes.read(path)
+        error = 1 - float(o["top1_correct"].mean()) if len(o["top1_correct"]) else math.nan
+        tolerance = 1e-6 + (o["replicas"] - 1) / max(1, len(o["top1_correct"]))
+        if "test/top1_error" in r and not abs(error - r["test/top1_error"]) <= tolerance:
+            raise ValueError(f"{path} gives a top-1 error of {error:.6f}, its cell's result.json "
+                             f"{r['test/top1_error']:.6f}: the file does not belong to that result")
+        if reference is None:
+            reference = path, o
+        elif o["test_set"] != reference[1]["test_set"] or not np.array_equal(o["label"], reference[1]["label"]):
+            raise ValueError(f"{path} and {reference[0]} were tested on different images or in a different order "
+                             f"(test-set hashes {o['test_set'] or '?'} and {reference[1]['test_set'] or '?'}): "
+                             "their cells cannot be compared image by image")
+        found[r["variant"]][int(r["seed"])] = o
+    return dict(found)
+
+
 def write_report(study_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Build the table and plots of a study folder; returns the Markdown table and the written paths."""
+    """Build the tables and plots of a study folder; returns the Markdown tables and the written paths."""
     results, curves = load_study(study_dir)
-    rows = summarise(results)
+    rows = summarise(results, load_outcomes(study_dir, results))
     paths = write_tables(rows, study_dir)
     if rows:
         paths |= plot(rows, curves, study_dir)

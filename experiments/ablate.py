@@ -22,11 +22,12 @@ from typing import Any
 
 import yaml
 
-from alexnet_lightning import builtin
+from alexnet_lightning import builtin, outcomes
 from alexnet_lightning import cli as alexnet_cli
+from alexnet_lightning.diagnostics import TRAIN_ERROR_TARGET, cell_diagnostics
 from alexnet_lightning.module import LEGACY_READINGS, readings
 from alexnet_lightning.reliability import check_writable, write_atomic
-from alexnet_lightning.report import write_report
+from alexnet_lightning.report import read_curves, write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where study folders go")
     parser.add_argument("--strategy", choices=["default", *STRATEGIES], default="default",
                         help="towers: the paper's two-GPU layout, one process per tower")
+    parser.add_argument("--train-error-target", type=float, default=TRAIN_ERROR_TARGET, metavar="ERROR",
+                        help="the diagnostic 'epochs to this training top-1 error' (a fraction; default "
+                        f"{TRAIN_ERROR_TARGET}; the paper's tanh measure is 0.25)")
     parser.add_argument("--wandb-project", default="alexnet-lightning")
     parser.add_argument("--config", dest="extra_configs", action="append", type=Path, default=[], metavar="YAML",
                         help="further config overlays for every cell (e.g. trainer settings)")
@@ -227,12 +231,32 @@ def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any]
     check_writable(trainer)
     trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)  # SIGTERM: exits 143, see reliability
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    diagnosed = diagnose(cell_dir, trainer, args.train_error_target)
     tested = trainer.test(model, data)[0]
-    result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,
+    keep_outcomes(cell_dir, trainer, model, data)
+    result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested, **diagnosed,
               "code_version": identity["code_version"], "wandb_run_id": wandb_logger.version}
     wandb_logger.experiment.finish()
     # A cell counts as finished only once its result is whole.
     write_atomic(cell_dir / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+
+
+def diagnose(cell_dir: Path, trainer: Any, target: float) -> dict[str, Any]:
+    """The cell's diagnostics (diagnostics.py) from its training and its curves over all attempts, logged to the
+    CSV and W&B loggers (the test that follows writes them out)."""
+    diagnosed = cell_diagnostics(trainer, read_curves(sorted(cell_dir.glob("csv/attempt*/metrics.csv"))), target)
+    for logger in trainer.loggers:
+        logger.log_metrics({k: float(v) for k, v in diagnosed.items() if v is not None}, step=trainer.global_step)
+    return diagnosed
+
+
+def keep_outcomes(cell_dir: Path, trainer: Any, model: Any, data: Any) -> None:
+    """The per-image outcomes of the cell's test beside its result (outcomes.py), written by the first process."""
+    if model.test_outcomes is None or not trainer.is_global_zero:
+        return
+    replicas = (getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}).get("num_replicas", 1)
+    outcomes.write(cell_dir / outcomes.FILE, model.test_outcomes, outcomes.test_set_fingerprint(data.test_set),
+                   len(data.test_set), replicas)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@
 Online, the runs are those of the W&B project whose group is the study (as experiments/ablate.py logs them, from
 any number of machines). Offline, they are read back from the offline W&B run files in the study folder (or from
 the cells' result.json files when there are none).
+
+The intervals and verdicts need each cell's per-image test outcomes (runs/<variant>/seed<k>/outcomes.npz), which
+W&B does not hold: they are read from the study folder under --results when it is there. Without them the table
+gives each change as the mean of its per-seed error differences, with no interval, and says so.
 """
 
 import argparse
@@ -13,10 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alexnet_lightning.report import load_study, summarise, to_markdown
+from alexnet_lightning.report import load_outcomes, load_study, summarise, to_markdown
 from alexnet_lightning.tracking import read_offline_run, wandb_offline
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def kept(metrics: Any) -> dict[str, Any]:
+    """The test errors and the diagnostics (diag/...) of a run's logged metrics."""
+    return {k: metrics[k] for k in metrics.keys() if k.startswith(("test/top1_error", "test/top5_error", "diag/"))}
 
 
 def wandb_api_runs(project: str, study: str) -> list[dict[str, Any]]:
@@ -25,8 +34,7 @@ def wandb_api_runs(project: str, study: str) -> list[dict[str, Any]]:
     results = []
     for run in wandb.Api(timeout=30).runs(project, filters={"group": study}):
         if run.state == "finished" and "test/top1_error" in run.summary:
-            results.append({"variant": run.config["variant"], "seed": run.config["seed"],
-                            **{k: run.summary[k] for k in ("test/top1_error", "test/top5_error") if k in run.summary}})
+            results.append({"variant": run.config["variant"], "seed": run.config["seed"], **kept(run.summary)})
     return results
 
 
@@ -39,8 +47,7 @@ def offline_runs(study_dir: Path) -> list[dict[str, Any]]:
             continue
         config, metrics = read_offline_run(run_files[-1])
         if "test/top1_error" in metrics:
-            results.append({"variant": config["variant"], "seed": config["seed"],
-                            **{k: metrics[k] for k in ("test/top1_error", "test/top5_error") if k in metrics}})
+            results.append({"variant": config["variant"], "seed": config["seed"], **kept(metrics)})
     return results
 
 
@@ -62,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"no finished runs of study {args.study!r} ({source})", file=sys.stderr)
         return 1
+    outcomes = load_outcomes(study_dir, results) if study_dir.is_dir() else {}
     print(f"{len(results)} finished run(s) of study {args.study!r} from {source}\n")
-    print(to_markdown(summarise(results)))
+    if not outcomes:
+        print(f"No per-image outcome files in {study_dir} (W&B holds only each run's summary numbers): the table "
+              "has no intervals or verdicts. Run this where the study folder is, or point --results at a copy.\n")
+    print(to_markdown(summarise(results, outcomes)))
     return 0
 
 

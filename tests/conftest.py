@@ -17,11 +17,11 @@ def paper_optimisation() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory) -> Path:
-    """A reduced built-in dataset (10 classes, 6 train and 3 val images each) in the ImageFolder layout."""
+    """A reduced built-in dataset (10 of its classes, 6 train and 3 val images each) in the ImageFolder layout."""
     from alexnet_lightning import builtin
 
     root = tmp_path_factory.mktemp("tiny") / "data"
-    builtin.generate(root, seed=0, train_per_class=6, val_per_class=3)
+    builtin.generate(root, seed=0, train_per_class=6, val_per_class=3, classes=builtin.CLASSES[:10])
     return root
 
 

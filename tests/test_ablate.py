@@ -5,7 +5,10 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from torchvision.datasets import ImageFolder
 
+from alexnet_lightning import outcomes
+from alexnet_lightning.inference import METHOD
 from alexnet_lightning.tracking import read_offline_run
 from tests.conftest import REPO
 
@@ -23,28 +26,51 @@ def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_tiny_study_end_to_end(study_args, tmp_path, monkeypatch, capsys):
-    assert ablate.main([*study_args, "--no-lrn"]) == 0
+def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "| baseline |" in out and "| no_lrn |" in out
+    assert "| baseline |" in out and "| no_lrn |" in out and METHOD in out
     study = tmp_path / "results" / "tiny"
     for name in ("ablation.md", "ablation.csv", "ablation.json", "learning_curves.png", "deltas.png", "study.json"):
         assert (study / name).stat().st_size > 0, name
     rows = json.loads((study / "ablation.json").read_text())
     assert [r["variant"] for r in rows] == ["baseline", "no_lrn"]
-    assert rows[1]["paper_top1_delta"] == 1.4
+    no_lrn = rows[1]
+    assert no_lrn["paper_top1_delta"] == 1.4
+    for m in ("top1", "top5"):  # an interval over both seeds and the 30 test images, and a verdict
+        assert no_lrn[f"{m}_paired_seeds"] == 2 and no_lrn[f"{m}_images"] == 30
+        assert no_lrn[f"{m}_seed_spread_measured"] is True and isinstance(no_lrn[f"{m}_resolved"], bool)
+        assert no_lrn[f"{m}_low"] <= no_lrn[f"{m}_delta"] <= no_lrn[f"{m}_high"]
+        assert 0 < no_lrn[f"{m}_p"] <= no_lrn[f"{m}_p_holm"] <= 1 and no_lrn[f"{m}_resolvable"] > 0
+    assert f"{no_lrn['top1_delta']:+.2f} [{no_lrn['top1_low']:+.2f}, {no_lrn['top1_high']:+.2f}]" in out
+    val_order = ImageFolder(str(tiny_imagefolder / "val")).targets
 
-    # The offline W&B runs hold the resolved config and the test metrics.
+    # Each cell: per-image outcomes in the test set's order, diagnostics in result.json, the CSV log and W&B.
     for variant, lrn in (("baseline", True), ("no_lrn", False)):
-        cell = study / "runs" / variant / "seed0"
-        [run_file] = cell.glob("wandb/offline-run-*/run-*.wandb")
-        config, metrics = read_offline_run(run_file)
-        assert (config["variant"], config["seed"], config["study"]) == (variant, 0, "tiny")
-        assert config["resolved_config"]["model"]["lrn"] is lrn
-        assert len(config["data_fingerprint"]) == 16
-        result = json.loads((cell / "result.json").read_text())
-        assert metrics["test/top1_error"] == pytest.approx(result["test/top1_error"])
-        assert (cell / "checkpoints" / "last.ckpt").exists()
+        for seed in (0, 1):
+            cell = study / "runs" / variant / f"seed{seed}"
+            result = json.loads((cell / "result.json").read_text())
+            kept = outcomes.read(cell / outcomes.FILE)
+            assert kept["label"].tolist() == val_order and kept["test_files"] == 30 and len(kept["test_set"]) == 16
+            assert 1 - kept["top1_correct"].mean() == pytest.approx(result["test/top1_error"], abs=1e-6)
+            assert 1 - kept["top5_correct"].mean() == pytest.approx(result["test/top5_error"], abs=1e-6)
+            assert result["diag/pca_noise_ratio"] == pytest.approx(0.1)  # the authors' lighting: lighting_std
+            assert result["diag/train_error_target"] == ablate.TRAIN_ERROR_TARGET
+            assert "diag/epochs_to_train_error_target" in result and "diag/val_minus_train_top1" in result
+            assert ("diag/conv1_lrn_factor_end" in result) is lrn and ("diag/lrn_inert" in result) is lrn
+            [metrics_csv] = cell.glob("csv/attempt00/metrics.csv")
+            header = metrics_csv.read_text().splitlines()[0].split(",")
+            assert "diag/val_minus_train_top1" in header and ("diag/conv2_lrn_factor_start" in header) is lrn
+            [run_file] = cell.glob("wandb/offline-run-*/run-*.wandb")
+            config, metrics = read_offline_run(run_file)
+            assert (config["variant"], config["seed"], config["study"]) == (variant, seed, "tiny")
+            assert config["resolved_config"]["model"]["lrn"] is lrn
+            assert len(config["data_fingerprint"]) == 16
+            assert metrics["test/top1_error"] == pytest.approx(result["test/top1_error"])
+            assert metrics["diag/pca_noise_ratio"] == pytest.approx(result["diag/pca_noise_ratio"])
+            if lrn:
+                assert metrics["diag/conv1_lrn_factor_end"] == pytest.approx(result["diag/conv1_lrn_factor_end"])
+            assert (cell / "checkpoints" / "last.ckpt").exists()
 
     # The comparison command rebuilds the same table from the offline runs.
     assert compare.main(["--study", "tiny", "--results", str(tmp_path / "results"), "--source", "local"]) == 0
@@ -52,8 +78,8 @@ def test_a_tiny_study_end_to_end(study_args, tmp_path, monkeypatch, capsys):
 
     # Re-running trains nothing new.
     monkeypatch.setattr(ablate.alexnet_cli, "main", lambda *a, **k: pytest.fail("a finished cell was retrained"))
-    assert ablate.main([*study_args, "--no-lrn"]) == 0
-    assert capsys.readouterr().out.count("finished earlier: skipped") == 2
+    assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
+    assert capsys.readouterr().out.count("finished earlier: skipped") == 4
 
     # The report notebook executes against the study.
     notebook = nbformat.read(REPO / "notebooks" / "ablation_report.ipynb", as_version=4)

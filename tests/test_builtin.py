@@ -25,10 +25,10 @@ def test_same_seed_gives_identical_files_another_seed_different_ones(tmp_path) -
 
 
 def test_images_vary_in_size_mode_and_format(tmp_path) -> None:
-    builtin.generate(tmp_path, train_per_class=30, val_per_class=0)
+    builtin.generate(tmp_path, train_per_class=10, val_per_class=0)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(builtin.CLASSES)
     files = sorted((tmp_path / "train").rglob("*.*"))
-    assert len(files) == 30 * builtin.NUM_CLASSES
+    assert len(files) == 10 * builtin.NUM_CLASSES
     modes_and_sizes = []
     for file in files:
         with Image.open(file) as image:
@@ -44,7 +44,7 @@ def test_images_vary_in_size_mode_and_format(tmp_path) -> None:
 
 def test_ensure_generates_once_into_the_cache(tmp_path) -> None:
     folder = builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
-    assert folder.parent == tmp_path and (folder / "val" / "circle").is_dir()
+    assert folder.parent == tmp_path and (folder / "val" / "circle_on_plain").is_dir()
     before = file_hashes(folder)
     assert builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path) == folder
     assert file_hashes(folder) == before
@@ -53,10 +53,20 @@ def test_ensure_generates_once_into_the_cache(tmp_path) -> None:
 
 def test_an_interrupted_generation_is_never_used(tmp_path, monkeypatch) -> None:
     def interrupted(root: Path, *args: int) -> None:
-        (root / "train" / "circle").mkdir(parents=True)
+        (root / "train" / "circle_on_plain").mkdir(parents=True)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(builtin, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_classes_are_every_shape_on_every_background_and_a_subset_draws_the_same_images(tmp_path) -> None:
+    assert builtin.NUM_CLASSES == len(builtin.SHAPES) * len(builtin.BACKGROUNDS) >= 30  # top-5 is informative
+    assert len(set(builtin.CLASSES)) == builtin.NUM_CLASSES
+    builtin.generate(tmp_path / "all", train_per_class=1, val_per_class=1)
+    builtin.generate(tmp_path / "some", train_per_class=1, val_per_class=1, classes=builtin.CLASSES[5:7])
+    some = file_hashes(tmp_path / "some")
+    assert len(some) == 4 and some == {name: digest for name, digest in file_hashes(tmp_path / "all").items()
+                                       if name.split("/")[1] in builtin.CLASSES[5:7]}

@@ -1,67 +1,182 @@
+"""The ablation table: errors per variant, changes with intervals and verdicts from per-image outcomes, the paper's
+changes beside them, diagnostics and flags."""
+
 import csv
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
-from alexnet_lightning.report import summarise, to_markdown, write_tables
+from alexnet_lightning import outcomes as outcome_files
+from alexnet_lightning.inference import METHOD, compare_variants
+from alexnet_lightning.report import NO_OUTCOMES, load_outcomes, plot, summarise, to_markdown, write_tables
+
+IMAGES = 400
+K_BETA = 2.0**0.75
 
 
-def runs(variant, top1, top5):
-    return [{"variant": variant, "seed": s, "test/top1_error": a, "test/top5_error": b}
-            for s, (a, b) in enumerate(zip(top1, top5))]
+def simulated_study():
+    """Per-image errors of a small study: no_lrn wrong on 8% more images at every seed, no_overlap changing nothing
+    on average, tanh run at one seed only. Returns (results, outcomes) as ablate.py would leave them."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, IMAGES)
+    errors = {"baseline": {s: rng.random(IMAGES) < 0.3 for s in range(3)}}
+    errors["no_lrn"] = {s: errors["baseline"][s] | (rng.random(IMAGES) < 0.12) for s in range(3)}
+    errors["no_overlap"] = {s: errors["baseline"][s] ^ (rng.random(IMAGES) < 0.05) for s in range(3)}
+    errors["tanh"] = {0: errors["baseline"][0] | (rng.random(IMAGES) < 0.3)}
+    results, outcomes = [], {}
+    for variant, seeds in errors.items():
+        for seed, wrong in seeds.items():
+            top5_wrong = wrong & (rng.random(IMAGES) < 0.3)
+            results.append({"variant": variant, "seed": seed, "test/top1_error": float(wrong.mean()),
+                            "test/top5_error": float(top5_wrong.mean())})
+            outcomes.setdefault(variant, {})[seed] = {
+                "pred": np.where(wrong, (labels + 1) % 10, labels), "label": labels, "top1_correct": ~wrong,
+                "top5_correct": ~top5_wrong, "test_set": "abc", "test_files": IMAGES, "replicas": 1,
+            }
+    return results, outcomes
+
+
+def table(text: str, which: int) -> dict[str, str]:
+    """The rows of the changes table (0) or of the diagnostics table (1), by variant."""
+    tables = text.split("\n| variant |")
+    return {line.split("|")[1].strip(): line for line in tables[which].splitlines() if line.startswith("| ")}
 
 
 @pytest.fixture
-def rows():
-    results = (
-        runs("baseline", [0.40, 0.42, 0.41], [0.18, 0.20, 0.19])
-        + runs("no_lrn", [0.43, 0.44, 0.45], [0.19, 0.22, 0.20])
-        + runs("no_overlap", [0.405, 0.415, 0.42], [0.18, 0.20, 0.19])
-        + runs("tanh", [0.50], [0.30])
-    )
-    return {r["variant"]: r for r in summarise(results)}
+def study():
+    return simulated_study()
 
 
-def test_means_spreads_and_deltas_on_known_numbers(rows):
-    base, no_lrn = rows["baseline"], rows["no_lrn"]
-    assert base["top1_error"] == pytest.approx(41.0)
-    assert base["top1_error_spread"] == pytest.approx(1.0)
-    assert no_lrn["top1_error"] == pytest.approx(44.0)
-    # Paired by seed: +3, +2, +4 points.
-    assert no_lrn["top1_delta"] == pytest.approx(3.0)
-    assert no_lrn["top1_delta_spread"] == pytest.approx(1.0)
-    assert no_lrn["top5_delta"] == pytest.approx((1 + 2 + 1) / 3)
-    assert no_lrn["paper_top1_delta"] == 1.4 and no_lrn["paper_top5_delta"] == 1.2
+@pytest.fixture
+def rows(study):
+    return {r["variant"]: r for r in summarise(*study)}
 
 
-def test_a_change_within_the_seed_spread_is_not_resolved(rows):
-    assert rows["no_lrn"]["top1_resolved"]
-    no_overlap = rows["no_overlap"]  # +0.5, -0.5, +1.0 points: mean 0.33, spread 0.76
-    assert no_overlap["top1_delta"] == pytest.approx(1 / 3)
-    assert no_overlap["top1_delta_spread"] == pytest.approx(0.7638, abs=1e-4)
-    assert not no_overlap["top1_resolved"]
-    tanh = rows["tanh"]  # one seed: no spread to compare with
-    assert tanh["top1_delta"] == pytest.approx(10.0) and math.isnan(tanh["top1_delta_spread"])
-    assert not tanh["top1_resolved"]
-    assert not rows["baseline"]["top1_resolved"]
+def test_errors_are_means_and_spreads_over_seeds_in_percent(study, rows):
+    results, _ = study
+    baseline = [100 * r["test/top1_error"] for r in results if r["variant"] == "baseline"]
+    assert rows["baseline"]["top1_error"] == pytest.approx(np.mean(baseline))
+    assert rows["baseline"]["top1_error_spread"] == pytest.approx(np.std(baseline, ddof=1))
+    assert rows["baseline"]["seeds"] == 3 and rows["tanh"]["seeds"] == 1
+    assert rows["no_lrn"]["paper_top1_delta"] == 1.4 and rows["no_lrn"]["paper_top5_delta"] == 1.2
 
 
-def test_markdown_marks_unresolved_changes_and_shows_the_paper(rows):
-    lines = {line.split("|")[1].strip(): line for line in to_markdown(list(rows.values())).splitlines()
-             if line.startswith("| ") and not line.startswith("| variant")}
-    assert "+3.00 ± 1.00 |" in lines["no_lrn"] and "(n.r.)" not in lines["no_lrn"].split("|")[4]
-    assert "+0.33 ± 0.76 (n.r.)" in lines["no_overlap"]
-    assert "+10.00 (n.r.)" in lines["tanh"]
-    assert "+1.40" in lines["no_lrn"] and "+1.20" in lines["no_lrn"]
+def test_changes_are_paired_by_seed_and_image_with_holm_over_the_variants(study, rows):
+    results, outcomes = study
+    wrong = {v: {s: ~o["top1_correct"] for s, o in seeds.items()} for v, seeds in outcomes.items()}
+    expected = compare_variants(wrong.pop("baseline"), wrong)
+    for name, change in expected.items():
+        row = rows[name]
+        paired = [np.mean(wrong[name][s].astype(float) - (~outcomes["baseline"][s]["top1_correct"]).astype(float))
+                  for s in change.seeds]
+        assert row["top1_delta"] == pytest.approx(100 * np.mean(paired))  # the mean paired difference, in points
+        assert (row["top1_low"], row["top1_high"], row["top1_p"], row["top1_p_holm"], row["top1_resolvable"]) == (
+            change.low, change.high, change.p, change.p_holm, change.resolvable)
+        assert row["top1_resolved"] == change.resolved and row["top1_images"] == IMAGES
+    assert rows["no_lrn"]["top1_resolved"] and rows["no_lrn"]["top1_low"] > 0
+    no_overlap = rows["no_overlap"]
+    assert not no_overlap["top1_resolved"] and no_overlap["top1_low"] < 0 < no_overlap["top1_high"]
+    assert rows["no_overlap"]["top1_p_holm"] >= rows["no_overlap"]["top1_p"]  # adjusted over three variants
+    assert "top1_delta" not in rows["baseline"]
 
 
-def test_tables_are_written_as_markdown_csv_and_json(rows, tmp_path):
+def test_one_seed_is_flagged_its_interval_covering_test_images_only(rows):
+    tanh = rows["tanh"]
+    assert tanh["top1_seed_spread_measured"] is False and tanh["top1_se_seed"] == 0.0
+    assert tanh["top1_paired_seeds"] == 1 and "one seed†" in tanh["flags"]
+    assert rows["no_lrn"]["top1_seed_spread_measured"] is True and "one seed" not in rows["no_lrn"]["flags"]
+
+
+def test_the_markdown_shows_intervals_verdicts_the_paper_and_names_the_method(rows):
+    text = to_markdown(list(rows.values()))
+    lines = table(text, 0)
+    no_lrn, no_overlap, tanh = rows["no_lrn"], rows["no_overlap"], rows["tanh"]
+    assert f"**{no_lrn['top1_delta']:+.2f} [{no_lrn['top1_low']:+.2f}, {no_lrn['top1_high']:+.2f}]**" in lines["no_lrn"]
+    assert (f"{no_overlap['top1_delta']:+.2f} [{no_overlap['top1_low']:+.2f}, {no_overlap['top1_high']:+.2f}] n.r.; "
+            f"resolvable ±{no_overlap['top1_resolvable']:.2f}") in lines["no_overlap"]
+    assert f"{no_lrn['top1_p']:.3g} / {no_lrn['top1_p_holm']:.3g}" in lines["no_lrn"]
+    assert "]†" in lines["tanh"] or "†" in lines["tanh"].split("|")[4]
+    assert "| +1.40 | +1.20 |" in lines["no_lrn"]
+    assert METHOD in text and "seed-to-seed spread was not measured" in text
+    assert f"ten-crop test on {IMAGES} images" in text
+    assert "| variant | LRN conv1 (start → end)" in text  # the diagnostics table follows
+
+
+def test_without_outcomes_the_change_is_the_seed_mean_and_has_no_interval(study):
+    results, _ = study
+    rows = {r["variant"]: r for r in summarise(results)}
+    base = {r["seed"]: r["test/top1_error"] for r in results if r["variant"] == "baseline"}
+    expected = np.mean([100 * (r["test/top1_error"] - base[r["seed"]]) for r in results if r["variant"] == "no_lrn"])
+    assert rows["no_lrn"]["top1_delta"] == pytest.approx(expected)
+    assert math.isnan(rows["no_lrn"]["top1_low"]) and not rows["no_lrn"]["top1_resolved"]
+    assert "no interval" in rows["no_lrn"]["flags"]
+    text = to_markdown(list(rows.values()))
+    assert f"{expected:+.2f} (no interval)" in text and NO_OUTCOMES in text
+
+
+def test_inert_lrn_is_flagged_on_its_row_and_on_the_row_that_removes_it(study):
+    results, outcomes = study
+    for r in results:
+        if r["variant"] != "no_lrn":  # the no-LRN network has no LRN to measure
+            active = r["variant"] == "no_overlap" and r["seed"] == 0
+            factor = K_BETA * (1.2 if active else 1.0001)
+            r |= {"diag/conv1_lrn_factor_start": K_BETA * 1.0001, "diag/conv1_lrn_factor_end": factor,
+                  "diag/conv2_lrn_factor_start": K_BETA, "diag/conv2_lrn_factor_end": K_BETA,
+                  "diag/lrn_k_beta": K_BETA, "diag/lrn_inert": not active}
+        r |= {"diag/pca_noise_ratio": 0.1, "diag/val_minus_train_top1": 0.05, "diag/train_error_target": 0.5,
+              "diag/epochs_to_train_error_target": None if r["variant"] == "tanh" else 3}
+    rows = {r["variant"]: r for r in summarise(results, outcomes)}
+    assert "LRN inert" in rows["baseline"]["flags"]
+    assert "LRN inert in the baseline" in rows["no_lrn"]["flags"]
+    assert "LRN inert in 2 of 3 seeds" in rows["no_overlap"]["flags"]
+    assert rows["no_overlap"]["conv1_lrn_factor_end"] == pytest.approx(K_BETA * (1.2 + 2 * 1.0001) / 3)
+    assert rows["baseline"]["val_minus_train_top1"] == pytest.approx(5.0)
+    lines = table(to_markdown(list(rows.values())), 1)
+    assert "| +0.01% → +6.67% |" in lines["no_overlap"]  # conv1's excess over k^beta, mean over seeds
+    assert "| +5.00 | 0.10 | 3, 3, 3 |" in lines["baseline"]
+    assert "| not reached |" in lines["tanh"]
+
+
+def study_folder(tmp_path, study):
+    results, outcomes = study
+    for r in results:
+        cell = tmp_path / "runs" / r["variant"] / f"seed{r['seed']}"
+        cell.mkdir(parents=True)
+        o = outcomes[r["variant"]][r["seed"]]
+        rows = torch.from_numpy(np.stack([o["pred"], o["label"], o["top1_correct"], o["top5_correct"]], 1))
+        outcome_files.write(cell / outcome_files.FILE, rows.long(), "abc", IMAGES, 1)
+    return results
+
+
+def test_outcome_files_are_checked_against_their_results_and_each_other(tmp_path, study):
+    results = study_folder(tmp_path, study)
+    loaded = load_outcomes(tmp_path, results)
+    assert sorted(loaded) == ["baseline", "no_lrn", "no_overlap", "tanh"] and sorted(loaded["baseline"]) == [0, 1, 2]
+    assert np.array_equal(loaded["no_lrn"][1]["top1_correct"], study[1]["no_lrn"][1]["top1_correct"])
+    wrong = [dict(r) for r in results]
+    wrong[4]["test/top1_error"] += 0.01
+    with pytest.raises(ValueError, match=r"runs/no_lrn/seed1/outcomes.npz gives a top-1 error of .* does not belong"):
+        load_outcomes(tmp_path, wrong)
+    other = tmp_path / "runs" / "tanh" / "seed0" / outcome_files.FILE
+    o = outcome_files.read(other)
+    rows = torch.from_numpy(np.stack([o["pred"], o["label"], o["top1_correct"], o["top5_correct"]], 1)).long()
+    outcome_files.write(other, rows, "another set", IMAGES, 1)
+    with pytest.raises(ValueError, match="tanh/seed0/outcomes.npz and .* were tested on different images"):
+        load_outcomes(tmp_path, results)
+
+
+def test_tables_and_the_forest_plot_are_written(rows, tmp_path):
     paths = write_tables(list(rows.values()), tmp_path)
     data = json.loads(paths["json"].read_text())
     assert [r["variant"] for r in data] == ["baseline", "no_lrn", "no_overlap", "tanh"]
-    assert data[3]["top1_delta_spread"] is None  # NaN is not JSON
+    assert data[1]["top1_low"] == pytest.approx(rows["no_lrn"]["top1_low"]) and data[0]["top1_error_spread"] > 0
+    assert data[3]["top1_error_spread"] is None  # NaN is not JSON
     with paths["csv"].open() as f:
         records = list(csv.DictReader(f))
-    assert float(records[1]["top1_delta"]) == pytest.approx(3.0)
+    assert float(records[1]["top1_p_holm"]) == pytest.approx(rows["no_lrn"]["top1_p_holm"])
     assert paths["md"].read_text().startswith("| variant |")
+    plotted = plot(list(rows.values()), {}, tmp_path)
+    assert plotted["deltas"].stat().st_size > 10_000
