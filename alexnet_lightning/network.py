@@ -145,6 +145,9 @@ class AlexNet(nn.Module):
         lrn: local response normalisation after conv1 and conv2.
         lrn_formula: "cuda-convnet2", what the authors' code computed (alpha / n per squared term), or the
             deviation "printed", the literal reading of the paper's formula (alpha per term); see local_response_norm.
+        lrn_alpha: the LRN's alpha (the paper: 1e-4, for activations of raw-pixel inputs). Deviation: inputs
+            scaled by 1 / s (``data.value_scale``) shrink the activations LRN sees by about s, and alpha * s^2 gives
+            them the normalisation the paper's alpha gives at raw pixel values (1e-4 * 255^2 for [0, 1] inputs).
         overlapping_pool: max-pooling with z=3, s=2; False is the non-overlapping control z=2, s=2.
         dropout: dropout probability on the outputs of fc6 and fc7 (0 disables it).
         activation: "relu" (the paper) or "tanh" (its saturating control).
@@ -162,6 +165,7 @@ class AlexNet(nn.Module):
         towers: Literal[1, 2] = 2,
         lrn: bool = True,
         lrn_formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
+        lrn_alpha: float = 1e-4,
         overlapping_pool: bool = True,
         dropout: float = 0.5,
         activation: Literal["relu", "tanh"] = "relu",
@@ -178,6 +182,8 @@ class AlexNet(nn.Module):
         _check_choice("lrn_formula", lrn_formula, LRN_FORMULAS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not lrn_alpha > 0:
+            raise ValueError(f"lrn_alpha must be positive, got {lrn_alpha}")
         if not 0 < width <= 1:
             raise ValueError(f"width must be in (0, 1], got {width}")
         sizes = feature_sizes(input_size, overlapping_pool)
@@ -202,7 +208,7 @@ class AlexNet(nn.Module):
             features[name] = nn.Conv2d(channels, kernels(name), size, stride, pad, groups=groups)
             features[f"{name}_act"] = act()
             if lrn and name in NORMALISED:
-                features[f"{name}_lrn"] = LocalResponseNorm(towers, formula=lrn_formula)
+                features[f"{name}_lrn"] = LocalResponseNorm(towers, alpha=lrn_alpha, formula=lrn_formula)
             if name in POOLED or name == convs[-1]:  # the last conv layer is pooled even when conv5 is dropped
                 features[f"{name}_pool"] = nn.MaxPool2d(z, 2)
             channels = kernels(name)

@@ -1,4 +1,5 @@
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
     # The comparison command rebuilds the same table from the offline runs.
     assert compare.main(["--study", "tiny", "--results", str(tmp_path / "results"), "--source", "local"]) == 0
     assert capsys.readouterr().out.split("\n", 2)[2].strip() == (study / "ablation.md").read_text().strip()
+    # Without the outcome files (W&B holds none) it says that the table has no intervals.
+    shutil.copytree(study, tmp_path / "copy" / "tiny", ignore=shutil.ignore_patterns(outcomes.FILE))
+    assert compare.main(["--study", "tiny", "--results", str(tmp_path / "copy"), "--source", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "No per-image outcome files" in out and f"{no_lrn['top1_delta']:+.2f} (no interval)" in out
 
     # Re-running trains nothing new.
     monkeypatch.setattr(ablate.alexnet_cli, "main", lambda *a, **k: pytest.fail("a finished cell was retrained"))

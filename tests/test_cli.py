@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from alexnet_lightning import builtin
 from alexnet_lightning.cli import main
 from tests.conftest import REPO
 
@@ -40,7 +41,8 @@ def test_fit_a_few_steps_then_test_from_the_checkpoint(tiny_imagefolder, tiny_ov
 def test_paper_config_resolves_to_the_paper_network(tmp_path):
     cli = main([*QUICK[:2], "--trainer.default_root_dir", str(tmp_path)], run=False)
     layers = cli.model.network.learned_layers()
-    assert sum(p.numel() for p in cli.model.parameters()) == 60_965_224 - 4_097_000 + 4096 * 10 + 10  # fc8: 10 classes
+    classes = builtin.NUM_CLASSES  # fc8 has the built-in set's classes
+    assert sum(p.numel() for p in cli.model.parameters()) == 60_965_224 - 4_097_000 + 4096 * classes + classes
     assert layers["conv1"].out_channels == 96 and layers["conv2"].groups == 2
     assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90
 

@@ -108,6 +108,13 @@ def test_one_tower_lrn_is_torchs_local_response_norm_with_the_papers_constants()
     torch.testing.assert_close(LocalResponseNorm(towers=1)(x), nn.LocalResponseNorm(5, 1e-4, 0.75, 2)(x))
 
 
+def test_alpha_times_s_squared_normalises_activations_scaled_by_1_over_s_as_alpha_does_raw_ones():
+    raw = torch.rand(2, 48, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 300
+    paper = LocalResponseNorm(towers=2)(raw)
+    scaled = LocalResponseNorm(towers=2, alpha=1e-4 * 255**2)(raw / 255)
+    torch.testing.assert_close(scaled * 255, paper)  # the same normalisation, in the smaller units
+
+
 def test_two_tower_model_normalises_each_tower_separately():
     model = AlexNet(num_classes=10)
     norms = [model.features.conv1_lrn, model.features.conv2_lrn]
@@ -116,6 +123,8 @@ def test_two_tower_model_normalises_each_tower_separately():
     assert not hasattr(AlexNet(num_classes=10, lrn=False).features, "conv1_lrn")
     assert [n.formula for n in norms] == ["cuda-convnet2"] * 2
     assert AlexNet(num_classes=10, lrn_formula="printed").features.conv2_lrn.formula == "printed"
+    assert AlexNet(num_classes=10).features.conv1_lrn.alpha == 1e-4  # the paper's
+    assert AlexNet(num_classes=10, lrn_alpha=6.5025).features.conv2_lrn.alpha == 6.5025
 
 
 def test_initial_weights_and_biases_follow_the_paper():
@@ -172,7 +181,8 @@ def test_width_scales_kernels_and_keeps_towers_whole():
     "kwargs, option",
     [({"drop_layer": "conv6"}, "drop_layer"), ({"towers": 3}, "towers"), ({"width": 0}, "width"),
      ({"dropout": 1.0}, "dropout"), ({"input_size": 30}, "input_size"), ({"activation": "gelu"}, "activation"),
-     ({"lrn_formula": "alpha"}, "lrn_formula")],
+     ({"lrn_formula": "alpha"}, "lrn_formula"),
+     ({"lrn_alpha": 0.0}, "lrn_alpha")],
 )
 def test_impossible_options_name_themselves(kwargs, option):
     with pytest.raises(ValueError, match=option):

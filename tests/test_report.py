@@ -98,7 +98,7 @@ def test_the_markdown_shows_intervals_verdicts_the_paper_and_names_the_method(ro
     assert (f"{no_overlap['top1_delta']:+.2f} [{no_overlap['top1_low']:+.2f}, {no_overlap['top1_high']:+.2f}] n.r.; "
             f"resolvable ±{no_overlap['top1_resolvable']:.2f}") in lines["no_overlap"]
     assert f"{no_lrn['top1_p']:.3g} / {no_lrn['top1_p_holm']:.3g}" in lines["no_lrn"]
-    assert "]†" in lines["tanh"] or "†" in lines["tanh"].split("|")[4]
+    assert f"**{tanh['top1_delta']:+.2f} [{tanh['top1_low']:+.2f}, {tanh['top1_high']:+.2f}]**†" in lines["tanh"]
     assert "| +1.40 | +1.20 |" in lines["no_lrn"]
     assert METHOD in text and "seed-to-seed spread was not measured" in text
     assert f"ten-crop test on {IMAGES} images" in text
