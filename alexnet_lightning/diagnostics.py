@@ -29,10 +29,11 @@ from alexnet_lightning.transforms import lighting_weights
 # between LRN and a constant division by 2%: far below what LRN does in the paper's trained network, where its
 # divisor differs from k by tens of percent (the paper's LRN is only worth 1.4 points of top-1 error even then).
 INERT_WITHIN = 0.02
-# The training top-1 error whose first epoch is reported. The paper's tanh measure is 25%; every run of the quick
-# preset on the built-in set that learns at all gets below 50% within its epochs, so the default says when each
-# variant got there (not reached: None).
-TRAIN_ERROR_TARGET = 0.5
+# The training top-1 error whose first epoch is reported (the running error of the epoch, with dropout and
+# augmentation). The paper's tanh measure is 25% on CIFAR-10; the quick preset's baseline gets below 80% on the
+# 30-class stand-in (chance: 96.7%) after about 6 of its 10 epochs, so the default tells the variants apart by when
+# they got there (not reached: None). experiments/ablate.py --train-error-target sets another.
+TRAIN_ERROR_TARGET = 0.8
 
 
 def lrn_factor(layer: LocalResponseNorm, a: Tensor) -> float:
