@@ -4,7 +4,6 @@ A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.c
 `<default_root_dir>/checkpoints` unless the config names another.
 """
 
-import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning.datamodule import ImageNetDataModule
+from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.reliability import (
-    AtomicCheckpointIO,
-    CheckpointOnSigterm,
-    RandomState,
-    StopOnNonFiniteLoss,
-    check_writable,
-)
+from alexnet_lightning.reliability import AtomicCheckpointIO, check_writable, training_callbacks
 
 
 class AlexNetCLI(LightningCLI):
@@ -50,29 +44,12 @@ class AlexNetCLI(LightningCLI):
         check_writable(self.trainer)
 
 
-def keep_freed_memory() -> bool:
-    """Asks glibc to keep freed memory for reuse; returns whether it agreed (False off glibc).
-
-    By default glibc maps every block over 32 MB afresh and hands it back when freed, so each new batch-sized
-    tensor on the CPU pays page faults for all its pages: on a 2-core machine that cost the paper network's
-    training step about a third of its speed (README, Speed options). Training and the benchmark reuse the
-    same shapes every step, so the kept memory is reused; the process keeps its peak memory until it exits.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 36))
-
-
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
     keep_freed_memory()
     return AlexNetCLI(
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm()]},
+        trainer_defaults={"callbacks": training_callbacks()},
     )
 
 

@@ -6,8 +6,9 @@ The data root is one of:
 - the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
   ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` checks (MD5) and extracts on first use
   into ``<root>/train``, ``<root>/val`` and ``<root>/meta.bin``; the classes are the devkit's;
-- a prepared folder (``prepared.json`` and 256x256 uint8 shards, ``prepared.py``): the fast path, which
-  augments whole batches on the device instead of decoding and transforming files image by image.
+- a prepared folder (``prepared.json`` and 256x256 JPEG or uint8 shards, ``prepared.py``): the fast path, which
+  decodes small JPEGs in batches (on the GPU when training on one) and augments whole batches on the device instead
+  of decoding and transforming files image by image.
 
 Training batches are resumable: the sampler shuffles by (seed, epoch), each sample's augmentation is
 seeded by (seed, epoch, index), and the loader's position is saved in checkpoints, so a run resumed
@@ -133,7 +134,7 @@ def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
         return "prepared"
     if all((root / archive).is_file() for archive in ARCHIVES):
         return "archives"
-    if any((root / "train").glob("*.images.npy")):
+    if any((root / "train").glob("*.labels.npy")):
         raise FileNotFoundError(
             f"{root} holds prepared shards but no {root / 'prepared.json'}: the prepare did not finish; run "
             f"`python -m alexnet_lightning.prepared SOURCE {root}` again to complete it"
@@ -255,9 +256,12 @@ class ImageNetDataModule(L.LightningDataModule):
             values, the scale its LRN constants (k = 2, alpha = 1e-4) and N(0, 0.01) weights act on; at 1.0 (a
             deviation, the scale of most later code) alpha / n * sum(a^2) is negligible beside k and LRN is close to a
             constant factor.
-        prepared: A folder for the fast path: ``root`` is converted into 256x256 shards there on first use
-            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time) and
-            read from it instead of ``root``. Same distribution of inputs; no decoding while training.
+        prepared: A folder for the fast path: ``root`` is converted into 256x256 JPEG shards there on first use
+            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time, and can store
+            raw uint8) and read from it instead of ``root``. Same distribution of inputs.
+        decode: Where the images of JPEG shards are decoded: ``"workers"``, in the loader's processes on the CPU;
+            ``"device"``, batched on the batch's device after its transfer (nvjpeg on a GPU); ``"auto"``: on the
+            device when the trainer's is a GPU (``trainer.strategy.root_device``), else in the workers.
     """
 
     def __init__(
@@ -275,11 +279,14 @@ class ImageNetDataModule(L.LightningDataModule):
         statistics_images: int = 10_000,
         prepared: str | None = None,
         value_scale: float = 255.0,
+        decode: Literal["auto", "workers", "device"] = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if lighting_formula not in LIGHTING_FORMULAS:
             raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
+        if decode not in ("auto", "workers", "device"):
+            raise ValueError(f"decode must be 'auto', 'workers' or 'device', got {decode!r}")
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else _layout(Path(root))
         if self.layout is None:
@@ -313,6 +320,11 @@ class ImageNetDataModule(L.LightningDataModule):
 
     def _reads_prepared(self) -> bool:
         return self.layout == "prepared" or self.hparams.prepared is not None
+
+    def _decodes_on_device(self) -> bool:
+        if self.hparams.decode != "auto":
+            return self.hparams.decode == "device"
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> SkipUnreadable:
         root = self.data_root()
@@ -417,8 +429,9 @@ class ImageNetDataModule(L.LightningDataModule):
             self.augmentation = prepared.BatchAugmentation(
                 mean, stats.eigval, stats.eigvec, crop, lighting_std, scale, **lighting
             )
-            self.train_set = prepared.PreparedSplit(root, "train")
-            self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
+            in_workers = not self._decodes_on_device()
+            self.train_set = prepared.PreparedSplit(root, "train", decode=in_workers)
+            self.val_set = self.test_set = prepared.PreparedSplit(root, "val", decode=in_workers)
         else:
             if stage == "fit":
                 train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale, **lighting)
@@ -441,6 +454,16 @@ class ImageNetDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         crop = self.hparams.crop_size
         return self._loader(self.test_set, shuffle=False, image_shape=(10, 3, crop, crop))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Prepared batches: JPEG bytes (``prepared.Encoded``) are decoded on ``device``, and the augmentation seed
+        stays on the host, where ``on_after_batch_transfer`` reads it without waiting for the GPU."""
+        if self.augmentation is None:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        images, labels, skipped, seed = batch
+        if isinstance(images, prepared.Encoded):
+            images = images.decode(device)
+        return *super().transfer_batch_to_device((images, labels, skipped), device, dataloader_idx), seed
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Takes the skipped-file count off the batch (``_LogSkippedFiles`` logs it) and augments prepared

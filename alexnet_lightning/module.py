@@ -48,8 +48,10 @@ class AlexNetModule(L.LightningModule):
         lr_step_epochs: epochs between reductions ("step").
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
             channels-last memory order, which is faster for convolutions on many GPUs and CPUs.
-        compile: speed option (deviation, same results): torch.compile the network; needs a C++ compiler
-            (CPU) or Triton (GPU) at the first step.
+        compile: speed option (deviation, same results): torch.compile the network, LRN fused with the layers
+            around it (``network.lrn_by_ops``); needs a C++ compiler (CPU) or Triton (GPU) at the first step.
+        compile_mode: torch.compile's mode: "reduce-overhead" also replays the GPU's kernels as CUDA graphs,
+            "max-autotune" times kernel choices at the first step (both untested for speed; README, Speed options).
         network: the arguments of alexnet_lightning.network.AlexNet (lrn, towers, dropout, ...).
     """
 
@@ -65,6 +67,7 @@ class AlexNetModule(L.LightningModule):
         lr_step_epochs: int = 30,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         **network: Any,
     ):
         super().__init__()
@@ -107,7 +110,7 @@ class AlexNetModule(L.LightningModule):
         if self.hparams.channels_last:
             self.network.to(memory_format=torch.channels_last)
         if self.hparams.compile and not hasattr(self.network, "_orig_mod"):  # the hook may run more than once
-            self.network = torch.compile(self.network)
+            self.network = torch.compile(self.network, mode=self.hparams.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:

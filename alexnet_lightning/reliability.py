@@ -171,3 +171,9 @@ def check_writable(trainer: L.Trainer) -> None:
             raise OSError(
                 err.errno, f"The output folder {folder} cannot be written ({err.strerror}); nothing was trained"
             ) from err
+
+
+def training_callbacks() -> list[L.Callback]:
+    """The callbacks every training run has: the CLI's defaults, and the benchmark's fit, which measures the way
+    training runs."""
+    return [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm()]

@@ -45,6 +45,17 @@ def test_paper_config_resolves_to_the_paper_network(tmp_path):
     assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90
 
 
+def test_the_gpu_config_adds_the_speed_options_to_the_paper_run(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
+    cli = main([*QUICK[:2], "--config", str(REPO / "configs/gpu.yaml"), "--trainer.default_root_dir", str(tmp_path)],
+               run=False)
+    assert cli.trainer.precision == "bf16-mixed" and torch.backends.cudnn.benchmark
+    assert cli.model.hparams.channels_last and cli.model.hparams.compile
+    assert cli.model.hparams.lr == 0.01 and cli.trainer.max_epochs == 90  # the paper's run otherwise
+
+
 @pytest.mark.parametrize(
     "args, named",
     [(["--model.bogus", "1"], "bogus"),
