@@ -39,8 +39,7 @@ def local_response_norm(
     squared term (five times stronger), a deviation. The window never crosses from one tower's maps into the
     other's (each GPU normalised only the maps it held).
     Half-precision inputs are normalised in float32: in bfloat16, k + alpha / n * sum rounds to k.
-    Eager, the hand-written ``_LocalResponseNorm`` computes it; under torch.compile, ``lrn_by_ops``, which the
-    compiler fuses with the layers around it, forward and backward.
+    Eager, the hand-written ``_LocalResponseNorm`` computes it; under torch.compile, ``lrn_by_ops``.
     """
     _check_choice("lrn_formula", formula, LRN_FORMULAS)
     per_term = alpha / size if formula == "cuda-convnet2" else alpha
@@ -51,8 +50,10 @@ def local_response_norm(
 
 
 def lrn_by_ops(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
-    """``_LocalResponseNorm``'s values in plain tensor operations, left to autograd: the form torch.compile can fuse
-    (it cannot see into a hand-written backward). ``alpha`` is the weight of each squared term."""
+    """``_LocalResponseNorm``'s values in plain tensor operations, left to autograd: the form torch.compile fuses. Its
+    backward comes from autograd, so the compiler chooses what to save and fuses both passes with the layers around
+    them; the Function's backward is written for eager execution (saved powers, buffers reused in place).
+    ``alpha`` is the weight of each squared term."""
     squares = x.square().unflatten(1, (towers, -1))  # [N, towers, maps per tower, H, W]
     maps = squares.shape[2]
     padded = nn.functional.pad(squares, (0, 0, 0, 0, size // 2, (size - 1) // 2))  # zero maps past each tower's ends

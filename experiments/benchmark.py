@@ -184,10 +184,11 @@ def timed(batches: Iterable, count: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def augmented(dm: ImageNetDataModule, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches of a prepared DataModule as training gets them: moved (JPEG: decoded there) to
+def augmented(dm: ImageNetDataModule, loader: DataLoader,
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of a prepared DataModule's training loader as training gets them: moved (JPEG: decoded there) to
     ``device`` and augmented there."""
-    for batch in dm.train_dataloader():
+    for batch in loader:
         images, labels, _, seed = dm.transfer_batch_to_device(batch, device, 0)
         yield dm.augment(images, "train", int(seed)), labels
 
@@ -213,7 +214,7 @@ def one_core(root: Path, jpeg: Path, raw: Path, batch: int, count: int) -> dict[
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=0, statistics_images=STATISTICS_IMAGES,
                                 decode="workers")
         dm.setup("fit")
-        pipelines[f"ours, {name} shards + batch augmentation"] = lambda dm=dm: augmented(dm, cpu)
+        pipelines[f"ours, {name} shards + batch augmentation"] = lambda dm=dm: augmented(dm, dm.train_dataloader(), cpu)
     results = {}
     for name, pipeline in pipelines.items():
         timed(pipeline(), count)  # page cache, allocator
@@ -227,7 +228,7 @@ def one_core(root: Path, jpeg: Path, raw: Path, batch: int, count: int) -> dict[
 
 def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.device) -> dict[str, dict[str, float]]:
     """Images per second delivered augmented on ``device`` by the DataModule's training loader, over its second
-    epoch (the first starts the workers and fills the page cache)."""
+    epoch (the first starts the loader's persistent workers and fills the page cache)."""
     setups = [(f"JPEG shards, decoded in {workers} CPU loader workers", jpeg, "workers")]
     if device.type == "cuda":
         setups.append(("JPEG shards, decoded on the GPU (nvjpeg)", jpeg, "device"))
@@ -237,9 +238,10 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES,
                                 decode=decode)
         dm.setup("fit")
-        timed(augmented(dm, device), len(dm.train_set))
+        loader = dm.train_dataloader()
+        timed(augmented(dm, loader, device), len(dm.train_set))
         start, seen = time.perf_counter(), 0
-        for _, labels in augmented(dm, device):
+        for _, labels in augmented(dm, loader, device):
             seen += len(labels)
         synchronize(device)
         rate = seen / (time.perf_counter() - start)

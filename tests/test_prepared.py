@@ -89,8 +89,9 @@ def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source,
     (dest / "train" / "00001.jpeg.npy").write_bytes(b"kept: shard 1 finished")
     with pytest.raises(FileNotFoundError, match="no .*prepared.json: the prepare did not finish"):
         ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
-    with pytest.raises(ValueError, match=r"00000.json is a shard of another encoding \(jpeg, quality 90\)"):
-        prepared.prepare(str(source), dest, RESIZE, shard_size=4, encoding="raw")  # nothing is mixed
+    mixed = r"00000.json is a shard of another encoding \(jpeg, 90\) than this prepare's \(raw\)"
+    with pytest.raises(ValueError, match=mixed):  # a folder never mixes encodings
+        prepared.prepare(str(source), dest, RESIZE, shard_size=4, encoding="raw")
     prepared.prepare(str(source), dest, RESIZE, shard_size=4)
     after = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
     assert after["00001.jpeg.npy"] == b"kept: shard 1 finished"  # finished shards are not written again
