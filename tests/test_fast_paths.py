@@ -121,6 +121,27 @@ print((resident() - before) // 2**20)
     assert any(kept_mb("keep") > 200 for _ in range(3))
 
 
+def test_keep_freed_memory_hands_glibc_values_that_a_c_int_holds(monkeypatch):
+    """mallopt takes C ints: 1 << 36 arrived as 0, a trim threshold of 0 that returned the top of the heap at every
+    free, so that the next batch-sized tensor paid page faults for all its pages again."""
+    import ctypes
+
+    from alexnet_lightning import memory
+
+    received = {}
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int)
+    def mallopt(option: int, value: int) -> int:  # what glibc's mallopt sees
+        received[option] = value
+        return 1
+
+    libc = type("Libc", (), {"mallopt": mallopt})
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    assert memory.keep_freed_memory()
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    assert received == {m_mmap_threshold: 2**30, m_trim_threshold: 2**31 - 1}
+
+
 def value_and_gradient(lrn, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach().requires_grad_()
     y = lrn(x)
