@@ -245,8 +245,8 @@ class BatchAugmentation:
         self.weights, self.eigvec = lighting_weights(eigval, lighting_formula), eigvec
         self.crop, self.lighting_std, self.value_scale = crop_size, lighting_std, value_scale
         self.train_scale = training_scale(value_scale, lighting_std, lighting_rescale)
-        self.mean_rows: Tensor | None = None  # the mean image's pixels, forwards then reversed, on the batches' device
-        self.scratch: dict[torch.dtype, Tensor] = {}  # reused for the crops of every batch: no fresh memory per batch
+        self.mean_pixels: Tensor | None = None  # ``_with_reversed`` of the mean image, on the batches' device
+        self.scratch: dict[str, Tensor] = {}  # buffers reused by every batch: no fresh memory for intermediates
 
     @staticmethod
     def _scaled(x: Tensor, scale: float) -> Tensor:
@@ -255,7 +255,7 @@ class BatchAugmentation:
     def _mean_on(self, device: torch.device) -> Tensor:
         if self.mean.device != device:
             self.mean = self.mean.to(device)
-            self.mean_rows = None
+            self.mean_pixels = None
         return self.mean
 
     def _centred(self, images: Tensor) -> Tensor:
@@ -278,34 +278,34 @@ class BatchAugmentation:
         ``left``, ``flip`` and ``alpha`` are on the host.
 
         The reference's operations (to float, scale, subtract the mean, crop, mirror, lighting, scale) on the whole
-        batch, with the values of the reference's order: the crops of the uint8 images are one gather (``_crops``),
-        mirrored by one flip of those to mirror; the mean image's are one gather from its pixels forwards and
-        reversed (made once); the rest is elementwise.
+        batch, with the values of the reference's order: the mirrored or plain crops of the uint8 images are one
+        gather from their pixels forwards and reversed (``_crops``), those of the mean image too (its reversed pixels
+        made once); the rest is elementwise.
         """
         c, device, side = self.crop, images.device, images.shape[-1]
         lighting = None if alpha is None else (alpha.to(self.weights) * self.weights) @ self.eigvec.T  # [B, 3]
-        top, left, flip, mirrored, lighting = _to_device(device, top, left, flip, flip.nonzero()[:, 0], lighting)
-        image = torch.arange(len(images), device=device)
-        crops = _crops(images.reshape(-1), side, image, top, left, None, c, self._scratch(images))
-        crops.index_copy_(0, mirrored, crops.index_select(0, mirrored).flip(-1))
+        top, left, flip, lighting = _to_device(device, top, left, flip, lighting)
+        image, shape = torch.arange(len(images), device=device), (len(images), 3, c, c)
+        pixels = _with_reversed(images.reshape(-1), self._scratch("pixels", (2 * images.numel(),), images))
+        crops = _crops(pixels, side, image, top, left, flip, c, self._scratch("crops", shape, images))
         x = F.to_dtype(crops, torch.float32, scale=True)
         mean = self._mean_on(device)
         if mean.shape[-1] == 1:  # a channel mean
             x.sub_(mean)
         else:
-            if self.mean_rows is None:
-                self.mean_rows = torch.cat([mean.reshape(-1), mean.reshape(-1).flip(0)])
-            x.sub_(_crops(self.mean_rows, side, torch.zeros_like(image), top, left, flip, c, self._scratch(x)))
+            if self.mean_pixels is None:
+                self.mean_pixels = _with_reversed(mean.reshape(-1))
+            x.sub_(_crops(self.mean_pixels, side, torch.zeros_like(image), top, left, flip, c,
+                          self._scratch("mean crops", shape, x)))
         if lighting is not None:
             x += lighting[..., None, None]
         return self._scaled(x, self.train_scale)
 
-    def _scratch(self, like: Tensor) -> Tensor:
-        """A buffer for one batch of crops of ``like``'s dtype and device."""
-        shape = (len(like), 3, self.crop, self.crop)
-        buffer = self.scratch.get(like.dtype)
-        if buffer is None or buffer.shape != shape or buffer.device != like.device:
-            buffer = self.scratch[like.dtype] = like.new_empty(shape)
+    def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The buffer ``name``, of ``like``'s dtype and device."""
+        buffer = self.scratch.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.scratch[name] = like.new_empty(shape)
         return buffer
 
     def centre(self, images: Tensor) -> Tensor:
@@ -317,18 +317,22 @@ class BatchAugmentation:
         return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1), self.value_scale)
 
 
+def _with_reversed(pixels: Tensor, out: Tensor | None = None) -> Tensor:
+    """The pixels, then the same reversed: in the second half every row of every image reads mirrored."""
+    return torch.cat([pixels, pixels.flip(0)], out=out)
+
+
 def _crops(
-    pixels: Tensor, side: int, image: Tensor, top: Tensor, left: Tensor, flip: Tensor | None, crop: int, out: Tensor
+    pixels: Tensor, side: int, image: Tensor, top: Tensor, left: Tensor, flip: Tensor, crop: int, out: Tensor
 ) -> Tensor:
     """Into ``out`` [B, 3, crop, crop]: the crop at (top[i], left[i]) of image image[i] of the [N, 3, side, side]
-    images whose pixels, one after the other, are ``pixels``; mirrored where flip[i], for which ``pixels`` holds the
-    same pixels reversed after them. One ``index_select`` of crop-pixel runs from an overlapping view of the
-    pixels: whole runs are copied, about as fast as slicing image by image."""
+    images whose ``_with_reversed`` pixels are ``pixels``, mirrored where flip[i]. One ``index_select`` of runs of
+    crop pixels from an overlapping view of the pixels: whole runs are copied, about as fast as slicing."""
     channel, line = torch.arange(3, device=pixels.device), torch.arange(crop, device=pixels.device)
     start = ((image[:, None, None] * 3 + channel[:, None]) * side + top[:, None, None] + line) * side  # [B, 3, crop]
     start = start + left[:, None, None]
-    if flip is not None:  # pixels p + crop - 1 down to p are the run at 2 total - p - crop, in the reversed half
-        start = torch.where(flip[:, None, None], len(pixels) - start - crop, start)
+    # Pixels p + crop - 1 down to p, mirrored, are the run at 2 total - p - crop, in the reversed half.
+    start = torch.where(flip[:, None, None], len(pixels) - start - crop, start)
     runs = pixels.as_strided((len(pixels) - crop + 1, crop), (1, 1))  # run k: pixels k .. k + crop - 1
     return torch.index_select(runs, 0, start.flatten(), out=out.view(-1, crop)).view(out.shape)
 

@@ -108,8 +108,10 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def _write_photo(job: tuple[Path, int]) -> None:
-    """A photo-like JPEG: colour structure at four scales, objects with edges, sensor noise. About 0.23 bytes per
-    pixel at quality 90, where ILSVRC-2012's files average about 0.8: cheaper to decode than ImageNet's."""
+    """A photo-like JPEG (quality 90): colour structure at four scales, objects with edges, a fine grain and sensor
+    noise. Its 256x256 square takes about 22 KB at quality 90, as ImageNet's would (FFCV's 22 GB for ImageNet at
+    256 px on the longer side); the file itself about 0.35 bytes per pixel, where ILSVRC-2012's average about 0.8,
+    so the classic pipeline decodes it faster than ImageNet's."""
     path, seed = job
     rng = np.random.default_rng(seed)
     width, height = int(rng.integers(300, 501)), int(rng.integers(250, 451))
@@ -124,7 +126,9 @@ def _write_photo(job: tuple[Path, int]) -> None:
         box = [x, y, x + int(rng.integers(20, width // 2)), y + int(rng.integers(20, height // 2))]
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    image = 0.7 * np.asarray(canvas, np.float32) + 0.3 * field + rng.normal(0, 3, field.shape)
+    grain = rng.normal(0, 16, (height // 2 + 1, width // 2 + 1)).astype(np.float32)
+    grain = np.asarray(Image.fromarray(grain).resize((width, height), Image.BILINEAR))[..., None]
+    image = 0.7 * np.asarray(canvas, np.float32) + 0.3 * field + grain + rng.normal(0, 3, field.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90)
 
