@@ -271,7 +271,7 @@ def training_step(batch: int, size: int, device: torch.device, lrn: bool = True,
                   channels_last: bool = False, bf16: bool = False,
                   compile: str | None = None) -> tuple[Callable[[], None], int]:
     """One SGD step of the paper network on a fixed random batch, and its floating-point operations."""
-    model = AlexNet(lrn=lrn)
+    model = AlexNet(lrn=lrn, input_size=size)
     model = (with_torch_lrn(model) if torch_lrn else model).to(device).train()
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
