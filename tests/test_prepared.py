@@ -109,6 +109,18 @@ def test_wrong_size_and_format_name_the_file_and_the_flag(tmp_path, source, cach
         ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
 
 
+def test_a_corrupt_jpeg_shard_names_its_file(tmp_path, source, cache):
+    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
+    shard = dest / "train" / "00001.jpeg.npy"
+    data = np.load(shard)
+    data[:] = 0  # same size, no JPEG left
+    np.save(shard, data)
+    split = PreparedSplit(dest, "train")
+    assert split.__getitems__([0, 1])[0].shape == (2, 3, RESIZE, RESIZE)  # shard 0 is whole
+    with pytest.raises(ValueError, match=r"Cannot decode an image of .*train/00001.jpeg.npy .*prepare again"):
+        split.__getitems__([0, 5])
+
+
 def test_a_format_1_folder_is_read_as_raw_shards(tmp_path, source, cache):
     """Format 1 wrote raw shards only, in the files of format 2's raw encoding, and no encoding in its json."""
     dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, encoding="raw")
