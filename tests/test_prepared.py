@@ -62,7 +62,7 @@ def test_shards_hold_the_reference_images_and_skip_unreadable_files(tmp_path, so
 
 # The PSNR of JPEG shards (quality 90) against raw ones, per image, that the README states for the built-in set (its
 # 3,500 images prepared at 256: min 26.8 dB, 1st percentile 30.2, median 43.6; impulse noise and hard edges are
-# JPEG's worst case). Photo-like images do better (the benchmark prints their figures).
+# JPEG's worst case). The benchmark's 1,024 photo-like images: min 34.8 dB, median 36.7 (it prints its own).
 MIN_PSNR_DB, MEDIAN_PSNR_DB = 25.0, 40.0
 
 
