@@ -4,18 +4,25 @@ A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.c
 `<default_root_dir>/checkpoints` unless the config names another.
 """
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule
+from alexnet_lightning.progress import LogLines
 from alexnet_lightning.reliability import AtomicCheckpointIO, check_writable, training_callbacks
+
+DESCRIPTION = (
+    "A paper-faithful AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) in PyTorch Lightning: train, validate and "
+    "test the paper's network (ten-crop test) on ImageNet or the built-in stand-in, with a switch for every ablation."
+)
 
 
 class AlexNetCLI(LightningCLI):
@@ -34,7 +41,11 @@ class AlexNetCLI(LightningCLI):
         )
         if not own_io:
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        configured = any(isinstance(c, ProgressBar) for c in config.get("callbacks") or [])  # before Lightning adds its
         trainer = super().instantiate_trainer(**kwargs)
+        bar = trainer.progress_bar_callback
+        if bar is not None and not configured and not sys.stderr.isatty():  # a log file: lines, not bar updates
+            trainer.callbacks[trainer.callbacks.index(bar)] = LogLines()
         for callback in trainer.checkpoint_callbacks:  # one folder for all attempts, where `--ckpt_path last` looks
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
@@ -48,6 +59,7 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
     keep_freed_memory()
     return AlexNetCLI(
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
+        parser_kwargs={"description": DESCRIPTION},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": training_callbacks()},
     )

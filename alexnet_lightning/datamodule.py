@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, de
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet, imagenet
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
 from alexnet_lightning import builtin, prepared
+from alexnet_lightning.progress import progress
 from alexnet_lightning.statistics import Statistics, load_or_compute
 from alexnet_lightning.transforms import LIGHTING_FORMULAS, EvalPreset, TrainPreset, load_rgb, rescale_and_centre
 
@@ -398,9 +398,9 @@ class ImageNetDataModule(L.LightningDataModule):
             if from_shards:
                 chunks = [sample[i : i + 256] for i in range(0, count, 256)]
                 return (F.to_dtype(train.__getitems__(chunk)[0], torch.float32, scale=True)
-                        for chunk in tqdm(chunks, desc="Training-set statistics"))
+                        for chunk in progress(chunks, "Training-set statistics"))
             loader = self._loader(Subset(train, sample), shuffle=False, image_shape=(3, size, size))
-            return (images for images, _, _ in tqdm(loader, desc="Training-set statistics"))
+            return (images for images, _, _ in progress(loader, "Training-set statistics", len(loader)))
 
         return load_or_compute(root, size, batches)
 

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
+from alexnet_lightning.progress import progress
 from alexnet_lightning.reliability import write_atomic
 from alexnet_lightning.transforms import lighting_weights, training_scale
 
@@ -102,7 +102,7 @@ def prepare(
         todo = [k for k in range(shards) if k not in done]
         batches = [list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size))) for k in todo]
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list)
-        for k, indices, samples in tqdm(zip(todo, batches, loader), total=len(todo), desc=f"Preparing {split}"):
+        for k, indices, samples in progress(zip(todo, batches, loader), f"Preparing {split}", len(todo)):
             kept = [sample for sample in samples if sample is not None]
             labels = np.array([label for _, label in kept], np.int64)
             skipped = [dataset.folder.samples[i][0] for i, s in zip(indices, samples) if s is None]

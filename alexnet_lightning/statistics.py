@@ -40,8 +40,11 @@ class Statistics(NamedTuple):
 
 
 def cache_dir() -> Path:
-    """``$ALEXNET_LIGHTNING_CACHE``, else ``~/.cache/alexnet-lightning``."""
-    return Path(os.environ.get("ALEXNET_LIGHTNING_CACHE", Path.home() / ".cache" / "alexnet-lightning"))
+    """``$ALEXNET_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/alexnet-lightning``, else ``~/.cache/alexnet-lightning``
+    (the XDG base directory convention)."""
+    if os.environ.get("ALEXNET_LIGHTNING_CACHE"):
+        return Path(os.environ["ALEXNET_LIGHTNING_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-lightning"
 
 
 def published(resize_size: int) -> Statistics:

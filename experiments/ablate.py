@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ABLATIONS:
         v = VARIANTS[name]
         group.add_argument(v.flag, dest="variants", action="append_const", const=name,
-                           help=f"{v.change} (paper: {v.paper_effect})")
+                           help=f"{v.change} (paper: {v.paper_effect})".replace("%", "%%"))  # argparse formats help
     group.add_argument("--all", action="store_true", help="every variant above")
     group.add_argument("--variant", dest="variants", action="append", metavar="NAME",
                        help=f"a variant by registry name, repeatable: {', '.join(VARIANTS)}")

@@ -88,3 +88,25 @@ def test_unknown_key_or_wrong_type_in_a_config_file_is_named(text, named, tmp_pa
 def test_impossible_values_fail_before_any_data_is_read_naming_the_option(args, error, message, no_data_reads):
     with pytest.raises(error, match=message):
         main(["fit", *QUICK, *args])
+
+
+@pytest.mark.slow
+def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tiny_overlay, tmp_path, capfd):
+    from alexnet_lightning.progress import LogLines
+
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "true"]
+    fit = main(["fit", *common, "--trainer.max_epochs", "2"])  # pytest's captured output is not a terminal
+    assert isinstance(fit.trainer.progress_bar_callback, LogLines)
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" done")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "Training-set statistics: 2/2 done in" in err  # other progress: a line at the end
+    assert all("train/top1_error" in line and "val/top1_error" in line for line in lines)
+    assert "\r" not in out + err and "it/s" not in out + err  # no bar updates
+    # Within a long epoch, a line every `every_s` seconds (here: every step).
+    fit.trainer.progress_bar_callback.every_s = 0
+    fit.trainer.fit_loop.max_epochs = 3
+    fit.trainer.fit(fit.model, fit.datamodule)
+    assert [line.split(" (")[0] for line in capfd.readouterr().err.splitlines() if " step " in line] == [
+        f"epoch 3 step {k}/4" for k in range(1, 5)]

@@ -1,0 +1,68 @@
+"""Every command's --help renders (argparse formats help texts: a bare % in one crashes it), and describes itself."""
+
+import runpy
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPTS = {
+    "ablate": (REPO / "experiments" / "ablate.py", "ablation study"),
+    "compare": (REPO / "experiments" / "compare.py", "ablation table of a study"),
+    "benchmark": (REPO / "experiments" / "benchmark.py", "Throughput"),
+    "benchmark_model_parallel": (REPO / "experiments" / "benchmark_model_parallel.py", "two-tower layout"),
+}
+MODULES = {
+    "alexnet_lightning.prepared": "resize once",
+    "alexnet_lightning.statistics": "mean image",
+    "alexnet_lightning.builtin": "stand-in",
+}
+
+
+def help_text(run, capsys, monkeypatch, argv: list[str]) -> str:
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        run()
+    assert exited.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_renders_its_help(name, capsys, monkeypatch):
+    path, words = SCRIPTS[name]
+    monkeypatch.syspath_prepend(str(path.parent))
+    out = help_text(lambda: runpy.run_path(str(path), run_name="__main__"), capsys, monkeypatch, [str(path), "--help"])
+    assert words in out and "usage:" in out
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_command_renders_its_help(module, capsys, monkeypatch):
+    out = help_text(lambda: runpy.run_module(module, run_name="__main__"), capsys, monkeypatch, [module, "--help"])
+    assert MODULES[module] in out and "usage:" in out
+
+
+@pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])
+def test_the_cli_and_its_subcommands_render_their_help_and_describe_the_project(subcommand, capsys, monkeypatch):
+    from alexnet_lightning.cli import main
+
+    out = help_text(lambda: main([*subcommand, "--help"]), capsys, monkeypatch, ["alexnet-lightning"])
+    assert "usage: alexnet-lightning" in out
+    if not subcommand:
+        assert "paper-faithful AlexNet" in out and "Lightning Trainer command line tool" not in out
+    else:
+        assert "--model.lrn_formula" in out and "--data.lighting_formula" in out
+
+
+def test_the_cache_follows_xdg_unless_its_own_variable_is_set(monkeypatch, tmp_path):
+    from alexnet_lightning.statistics import cache_dir
+
+    monkeypatch.delenv("ALEXNET_LIGHTNING_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "alexnet-lightning"
+    monkeypatch.setenv("ALEXNET_LIGHTNING_CACHE", str(tmp_path / "own"))
+    assert cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("ALEXNET_LIGHTNING_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "alexnet-lightning"
