@@ -143,7 +143,7 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_fit, tmp_path):
 
 
 @pytest.mark.parametrize("server", ["closed port", "silent server"])
-def test_unreachable_wandb_goes_offline_with_one_warning(server, tmp_path, monkeypatch, request):
+def test_unreachable_wandb_goes_offline_with_one_warning_whatever_the_run_id(server, tmp_path, monkeypatch, request):
     listener, accepted = socket.create_server(("127.0.0.1", 0)), []
     port = listener.getsockname()[1]
     if server == "closed port":
@@ -160,14 +160,17 @@ def test_unreachable_wandb_goes_offline_with_one_warning(server, tmp_path, monke
     start = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        logger = FallbackWandbLogger(project="p", save_dir=str(tmp_path), init_timeout=2)
+        # As ablate.py's cells make it: a run id, resume="allow", and, from the CLI, every argument of wandb.init
+        logger = FallbackWandbLogger(project="p", save_dir=str(tmp_path), init_timeout=2, id="cell00000000",
+                                     resume="allow", settings=None)
         logger.log_metrics({"x": 1.0}, step=0)
         run = logger.experiment
         run.finish()
-        second = FallbackWandbLogger(project="p", save_dir=str(tmp_path / "2"), init_timeout=2)
+        second = FallbackWandbLogger(project="p", save_dir=str(tmp_path / "2"), init_timeout=2, id="cell00000001",
+                                     resume="allow", settings=None)
         second.experiment.finish()  # goes offline at once: no second wait or warning
     elapsed = time.monotonic() - start
-    assert run.offline and second.experiment.offline and elapsed < 30
+    assert run.offline and run.id == "cell00000000" and second.experiment.offline and elapsed < 30
     assert (server == "silent server") == bool(accepted)  # it was asked, and did not answer
     ours = [w for w in caught if "W&B could not be reached" in str(w.message)]
     assert len(ours) == 1 and f"logging offline into {tmp_path}" in str(ours[0].message)
