@@ -116,6 +116,29 @@ class StopOnNonFiniteLoss(L.Callback):
         )
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt`, the newest state: written at the end of every training epoch, after its validation, and every
+    `every_n_train_steps` training steps within an epoch.
+
+    ModelCheckpoint(save_last=True) rewrites `last.ckpt` only when it saves a top-k checkpoint too (Lightning 2.6),
+    so a run whose validation error stopped improving kept an old one; a ModelCheckpoint's epoch and step triggers
+    exclude each other.
+    """
+
+    def __init__(self, every_n_train_steps: int = 1000, dirpath: str | None = None) -> None:
+        super().__init__(dirpath=dirpath, filename="last", every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        # Not at an epoch's last batch: a checkpoint written before the epoch's validation resumes past it.
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, module, *args)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class CheckpointOnSigterm(L.Callback):
     """On SIGTERM (a scheduler's preemption): a checkpoint `last.ckpt` at the end of the current training batch,
     then exit status 143 (128 + SIGTERM) with a message saying where the checkpoint is and how to resume.

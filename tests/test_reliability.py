@@ -214,3 +214,15 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_
         epochs = [int(row["epoch"]) for row in csv.DictReader(file) if row["epoch"]]
     assert min(epochs) == stopped["epoch"]  # the resumed attempt trained no earlier epoch again
     assert (cell / "result.json").exists()
+
+
+# Exact resume: the newest state in last.ckpt, loader workers, the plateau schedule
+
+
+@pytest.mark.slow
+def test_last_ckpt_holds_the_newest_state_when_the_validation_error_stops_improving(tiny_fit, tmp_path):
+    # A learning rate too small to change a float32 weight: the validation error of the first epoch is never beaten.
+    main(tiny_fit(tmp_path, "--model.lr", "1e-30", "--trainer.max_epochs", "3"))
+    assert [p.name for p in (tmp_path / "checkpoints").glob("epoch=*")] == ["epoch=0-step=4.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["global_step"], last["epoch"]) == (12, 2)  # the end of the third epoch
