@@ -196,6 +196,7 @@ class ImageNetDataModule(L.LightningDataModule):
         pca_lighting: Adds the paper's PCA colour noise to training images (``False``: the ablation).
         lighting_std: Standard deviation of the PCA lighting coefficients alpha_i (the paper: 0.1).
         num_workers: Loader processes; ``None``: ``min(8, os.cpu_count())``.
+        persistent_workers: Keep the loader processes from one epoch to the next (with ``num_workers > 0``).
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
@@ -218,6 +219,7 @@ class ImageNetDataModule(L.LightningDataModule):
         pca_lighting: bool = True,
         lighting_std: float = 0.1,
         num_workers: int | None = None,
+        persistent_workers: bool = True,
         statistics_images: int = 10_000,
         prepared: str | None = None,
         value_scale: float = 255.0,
@@ -238,6 +240,18 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(f"--data.root {root} is already a prepared folder: leave out --data.prepared")
         self.skipped_files = torch.tensor(0)
         self.augmentation: prepared.BatchAugmentation | None = None
+        self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, kept in checkpoints."""
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_position": loader.state_dict()} if isinstance(loader, ResumableLoader) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning hands the training loader its position only when it resumes mid-epoch. From an epoch's end it
+        # creates the loader's iterator before it sets the sampler's epoch, and loader processes draw the first
+        # batches' indices as soon as the iterator exists: the resumed epoch would be shuffled as the first was.
+        self.train_position = state.get("train_position")
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = prepared.read_meta(root)
@@ -281,7 +295,7 @@ class ImageNetDataModule(L.LightningDataModule):
         options = dict(
             batch_size=self.hparams.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
@@ -301,7 +315,11 @@ class ImageNetDataModule(L.LightningDataModule):
         def progress() -> tuple[int, int]:
             return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-        return ResumableLoader(dataset, sampler=sampler, progress=progress, **options)
+        loader = ResumableLoader(dataset, sampler=sampler, progress=progress, **options)
+        if self.train_position is not None:
+            loader.load_state_dict(self.train_position)
+            self.train_position = None
+        return loader
 
     def statistics(self) -> Statistics:
         """The training set's mean image and RGB eigen-decomposition at ``resize_size``: loaded from the

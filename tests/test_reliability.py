@@ -226,3 +226,17 @@ def test_last_ckpt_holds_the_newest_state_when_the_validation_error_stops_improv
     assert [p.name for p in (tmp_path / "checkpoints").glob("epoch=*")] == ["epoch=0-step=4.ckpt"]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert (last["global_step"], last["epoch"]) == (12, 2)  # the end of the third epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_run_resumed_from_an_epochs_end_with_loader_workers_ends_as_an_uninterrupted_one(persistent, tiny_fit,
+                                                                                           tmp_path):
+    options = ["--trainer.deterministic", "true", "--data.num_workers", "2"]
+    options += [] if persistent else ["--data.persistent_workers", "false"]
+    whole = main(tiny_fit(tmp_path / "whole", *options, "--trainer.max_epochs", "2"))
+    main(tiny_fit(tmp_path / "split", *options, "--trainer.max_epochs", "1"))
+    resumed = main(tiny_fit(tmp_path / "split", *options, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert resumed.trainer.global_step == whole.trainer.global_step == 8
+    expected, got = weights(whole), weights(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
