@@ -240,3 +240,15 @@ def test_a_run_resumed_from_an_epochs_end_with_loader_workers_ends_as_an_uninter
     assert resumed.trainer.global_step == whole.trainer.global_step == 8
     expected, got = weights(whole), weights(resumed)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_every_step_of_the_plateau_schedule(tiny_fit, tmp_path):
+    plateau = ["--trainer.deterministic", "true", "--model.lr_schedule", "plateau", "--model.lr_patience", "0"]
+    whole = main(tiny_fit(tmp_path / "whole", *plateau, "--trainer.max_epochs", "3"))
+    main(tiny_fit(tmp_path / "split", *plateau, "--trainer.max_epochs", "1"))
+    resumed = main(tiny_fit(tmp_path / "split", *plateau, "--trainer.max_epochs", "3", "--ckpt_path", "last"))
+    [expected], [got] = (run.trainer.lr_scheduler_configs for run in (whole, resumed))
+    assert expected.scheduler.state_dict() == got.scheduler.state_dict()
+    assert expected.scheduler.last_epoch == 3  # one step per epoch
+    assert all(torch.equal(weights(whole)[k], v) for k, v in weights(resumed).items())
