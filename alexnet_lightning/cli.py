@@ -1,7 +1,7 @@
 """The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`.
 
-A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.ckpt` in the checkpoint folder,
-`<default_root_dir>/checkpoints` unless the config names another.
+A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact checkpoint in the checkpoint folder,
+`<default_root_dir>/checkpoints` unless the config names another (`last.ckpt` unless it is damaged).
 """
 
 import ctypes
@@ -21,6 +21,7 @@ from alexnet_lightning.reliability import (
     RandomState,
     StopOnNonFiniteLoss,
     check_writable,
+    resume_checkpoint,
 )
 
 
@@ -48,6 +49,22 @@ class AlexNetCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_writable(self.trainer)
+        self._resolve_last()
+
+    def before_validate(self) -> None:
+        self._resolve_last()
+
+    def before_test(self) -> None:
+        self._resolve_last()
+
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: the newest intact checkpoint of the checkpoint folders, a damaged newer one passed over
+        with a warning (Lightning's own `last` would take the newest `last*.ckpt`, damaged or not)."""
+        config = self.config_init[self.subcommand]
+        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                   if getattr(c, "dirpath", None) and "://" not in str(c.dirpath)}
+        if config.get("ckpt_path") == "last" and (found := resume_checkpoint(*folders)):
+            config["ckpt_path"] = str(found)
 
 
 def keep_freed_memory() -> bool:

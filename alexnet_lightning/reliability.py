@@ -2,7 +2,7 @@
 
 The CLI (cli.py) always uses all of it: checkpoints written atomically, the random state in every checkpoint, a
 checkpoint before exiting on SIGTERM, a stop with the step and the checkpoint to resume from on a non-finite loss,
-and the output folders checked before any data is read.
+the output folders checked before any data is read, and a damaged checkpoint passed over for the newest intact one.
 """
 
 import io
@@ -11,6 +11,8 @@ import random
 import signal
 import sys
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,6 +87,38 @@ class RandomState(L.Callback):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint file (truncated, a failed CRC, not a checkpoint), or None if it loads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            failed = archive.testzip()  # reads every record and checks its CRC
+        if failed is not None:
+            return f"its record {failed} fails its CRC check"
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # zipfile, torch and pickle raise many kinds on a damaged file
+        return f"{type(err).__name__}: {err}"
+    return None if isinstance(checkpoint, dict) and "state_dict" in checkpoint else "no state_dict in it"
+
+
+def resume_checkpoint(*folders: Path) -> Path | None:
+    """The newest checkpoint (``*.ckpt``) in the folders that loads; None if there is none. A damaged newer one is
+    passed over with a warning naming both; if every one is damaged, an error names them."""
+    candidates = [path for folder in folders for path in Path(folder).glob("*.ckpt")]
+    damaged: list[tuple[Path, str]] = []
+    for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                warnings.warn(f"The checkpoint {damaged[0][0]} is damaged ({damaged[0][1]}); resuming from the newest "
+                              f"intact checkpoint {path} instead.", stacklevel=2)
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        listed = "; ".join(f"{path} ({problem})" for path, problem in damaged)
+        raise ValueError(f"Every checkpoint is damaged: {listed}. Remove them to train from the start.")
+    return None
 
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,35 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
     return paths
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A cell's result.json (runs/<variant>/seed<k>/result.json), checked; the error names the file."""
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError("it holds no JSON object")
+        missing = [k for k in ("variant", "seed", "val/top1_error", "test/top1_error") if k not in result]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        if (result["variant"], f"seed{result['seed']}") != (path.parent.parent.name, path.parent.name):
+            raise ValueError(f"it holds the result of {result['variant']} seed {result['seed']}")
+        if not all(isinstance(v, (int, float)) for k, v in result.items() if k.startswith(("val/", "test/"))):
+            raise ValueError("it holds an error rate that is not a number")
+    except (OSError, ValueError) as err:  # a JSONDecodeError is a ValueError
+        raise ValueError(f"The result {path} is damaged: {err}") from err
+    return result
+
+
 def load_study(study_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict]]]:
-    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves."""
+    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves. A damaged
+    result is left out with a warning that names it."""
     results, curves = [], defaultdict(list)
     for result_file in sorted(study_dir.glob("runs/*/seed*/result.json")):
-        result = json.loads(result_file.read_text())
+        try:
+            result = read_result(result_file)
+        except ValueError as err:
+            warnings.warn(f"{err}; left out of the table. Rerun experiments/ablate.py to test the cell again.",
+                          stacklevel=2)
+            continue
         results.append(result)
         curves[result["variant"]].append(read_curves(sorted(result_file.parent.glob("csv/attempt*/metrics.csv"))))
     return results, dict(curves)

@@ -24,8 +24,8 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
-from alexnet_lightning.reliability import check_writable, write_atomic
-from alexnet_lightning.report import write_report
+from alexnet_lightning.reliability import check_writable, resume_checkpoint, write_atomic
+from alexnet_lightning.report import read_result, write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
@@ -105,6 +105,11 @@ def base_configs(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
+    overlay = [CONFIGS / "ablations" / f"{variant}.yaml"] if get_variant(variant).overrides else []
+    return base_configs(args) + overlay
+
+
 def data_fingerprint(root: Path | None) -> str:
     """A hash of the relative paths and sizes of the data files: two studies on the same data agree. The
     statistics cached beside the data on first use (alexnet_stats_*.pt) are derived from it and left out."""
@@ -142,14 +147,30 @@ def study_identity(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
+    """A study's recorded identity; a damaged file stops the study with an error that names it."""
+    try:
+        recorded = json.loads(study_file.read_text())
+        missing = keys - set(recorded) if isinstance(recorded, dict) else keys
+        if missing:
+            raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+    except (OSError, ValueError) as err:
+        raise SystemExit(
+            f"error: the study file {study_file} is damaged ({err}). It records the config, epochs and data the "
+            f"study's cells were trained with: restore it, or use --study with a new name. Removing it makes this "
+            f"run's config the study's, which is right only if its finished cells were trained with it."
+        ) from err
+    return recorded
+
+
 def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The study folder; refuses one written by a different config, before any training."""
     study_dir = args.results / args.study
     identity = study_identity(args)
     study_file = study_dir / "study.json"
     if study_file.exists():
-        recorded = json.loads(study_file.read_text())
-        changed = sorted(k for k in identity if recorded.get(k) != identity[k])
+        recorded = read_study(study_file, set(identity))
+        changed = sorted(k for k in identity if recorded[k] != identity[k])
         if changed:
             raise SystemExit(
                 f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}). "
@@ -192,18 +213,25 @@ def run_id(study: str, variant: str, seed: int) -> str:
 def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
     cell_dir = study_dir / "runs" / variant / f"seed{seed}"
     if (cell_dir / "result.json").exists():
-        print(f"[{variant} seed {seed}] finished earlier: skipped")
-        return
-    last = cell_dir / "checkpoints" / "last.ckpt"
-    attempt = len(list((cell_dir / "csv").glob("attempt*")))
+        try:
+            read_result(cell_dir / "result.json")
+        except ValueError as err:
+            print(f"[{variant} seed {seed}] {err}: the cell runs again")
+        else:
+            print(f"[{variant} seed {seed}] finished earlier: skipped")
+            return
     cell_dir.mkdir(parents=True, exist_ok=True)
+    train_cell(args, cell_dir, identity, variant, seed)
+
+
+def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
+    """Trains (or resumes) the cell, validates and tests it, and writes its result."""
+    last = resume_checkpoint(cell_dir / "checkpoints")
+    attempt = len(list((cell_dir / "csv").glob("attempt*")))
     cell_file = cell_dir / "cell.yaml"
     cell_file.write_text(yaml.safe_dump(cell_config(args, cell_dir, variant, seed, attempt), sort_keys=False))
-    configs = base_configs(args)
-    if get_variant(variant).overrides:
-        configs.append(CONFIGS / "ablations" / f"{variant}.yaml")
-    configs.append(cell_file)
-    print(f"[{variant} seed {seed}] {'resuming from ' + str(last) if last.exists() else 'training'}; configs: "
+    configs = [*variant_configs(args, variant), cell_file]
+    print(f"[{variant} seed {seed}] {'resuming from ' + str(last) if last else 'training'}; configs: "
           + " ".join(str(p) for p in configs))
     cli = alexnet_cli.main([a for p in configs for a in ("--config", str(p))], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
@@ -216,7 +244,7 @@ def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any]
         allow_val_change=True,
     )
     check_writable(trainer)
-    trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)  # SIGTERM: exits 143, see reliability
+    trainer.fit(model, data, ckpt_path=str(last) if last else None)  # SIGTERM: exits 143, see reliability
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     tested = trainer.test(model, data)[0]
     result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,

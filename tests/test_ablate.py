@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
 
 from alexnet_lightning.tracking import read_offline_run
@@ -68,7 +69,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
     study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
     cell = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     cell.mkdir(parents=True)
-    (cell / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, cell / "last.ckpt")
     seen = {}
 
     class Stop(Exception):

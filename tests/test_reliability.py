@@ -1,6 +1,7 @@
 import csv
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,9 +19,13 @@ from lightning.pytorch import Callback
 from alexnet_lightning import reliability
 from alexnet_lightning.cli import main
 from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
+from alexnet_lightning.report import write_report
 from alexnet_lightning.strategy import TowerParallelStrategy
 from alexnet_lightning.tracking import FallbackWandbLogger
 from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "experiments"))
+import ablate  # noqa: E402
 
 QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]
 
@@ -35,6 +40,26 @@ def tiny_fit(tiny_imagefolder, tiny_overlay):
 
 def weights(cli) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+@pytest.fixture
+def study(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
+            "--results", str(tmp_path / "results"), "--study", "tiny"]
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at_cli(seen: dict):
+    """A stand-in for the CLI that records the arguments of a cell and stops it before any training."""
+    def fake_main(args, run=True):
+        seen["args"] = args
+        raise Stop
+    return fake_main
 
 
 @pytest.mark.parametrize("strategy", [[], ["--config", str(REPO / "configs/strategy/towers.yaml")]])
@@ -252,3 +277,59 @@ def test_a_resumed_run_keeps_every_step_of_the_plateau_schedule(tiny_fit, tmp_pa
     assert expected.scheduler.state_dict() == got.scheduler.state_dict()
     assert expected.scheduler.last_epoch == 3  # one step per epoch
     assert all(torch.equal(weights(whole)[k], v) for k, v in weights(resumed).items())
+
+
+# Damage: a damaged checkpoint falls back to the newest intact one, a damaged result is named and its cell redone
+
+
+@pytest.mark.slow
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tiny_fit, tmp_path):
+    main(tiny_fit(tmp_path, "--trainer.max_epochs", "1"))
+    last, [epoch] = tmp_path / "checkpoints" / "last.ckpt", (tmp_path / "checkpoints").glob("epoch=*.ckpt")
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a copy that stopped
+    warning = rf"checkpoint {re.escape(str(last))} is damaged \(.*\); resuming from the newest intact checkpoint "
+    with pytest.warns(UserWarning, match=warning + re.escape(f"{epoch} instead")):
+        resumed = main(tiny_fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert resumed.trainer.ckpt_path == str(epoch) and resumed.trainer.global_step == 8
+
+
+def test_a_study_resumes_a_cell_from_its_newest_intact_checkpoint(study, monkeypatch, capsys):
+    args = ablate.parse_args(study)
+    study_dir, identity = ablate.open_study(args)
+    folder = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 4}, folder / "epoch=0-step=4.ckpt")
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli({}))
+    with pytest.warns(UserWarning, match="last.ckpt is damaged"), pytest.raises(Stop):
+        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+    assert f"resuming from {folder / 'epoch=0-step=4.ckpt'}" in capsys.readouterr().out
+    (folder / "epoch=0-step=4.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match="Every checkpoint is damaged: .*epoch=0-step=4.ckpt .*last.ckpt"):
+        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+
+
+@pytest.mark.parametrize("text", ['{"variant": "baseline", "seed": 0, "test/top1_', '{"seed": 0}', "[]",
+                                  '{"variant": "baseline", "seed": 0, "test/top1_error": 0.5}'])
+def test_a_damaged_result_is_named_and_its_cell_runs_again(text, study, monkeypatch, capsys):
+    args = ablate.parse_args(study)
+    study_dir, identity = ablate.open_study(args)
+    result = study_dir / "runs" / "baseline" / "seed0" / "result.json"
+    result.parent.mkdir(parents=True)
+    result.write_text(text)
+    with pytest.warns(UserWarning, match=f"The result {re.escape(str(result))} is damaged"):
+        write_report(study_dir)  # the table leaves it out, naming it
+    seen = {}
+    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli(seen))
+    with pytest.raises(Stop):
+        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+    assert f"The result {result} is damaged" in capsys.readouterr().out
+    assert str(result.parent / "cell.yaml") in seen["args"]
+
+
+def test_a_damaged_study_file_stops_the_study_naming_it(study):
+    args = ablate.parse_args(study)
+    study_dir, _ = ablate.open_study(args)
+    (study_dir / "study.json").write_text('{"preset": "quick", "base_')
+    with pytest.raises(SystemExit, match=f"the study file {re.escape(str(study_dir / 'study.json'))} is damaged"):
+        ablate.open_study(args)
