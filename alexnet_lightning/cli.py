@@ -19,6 +19,7 @@ from alexnet_lightning.reliability import (
     AtomicCheckpointIO,
     CheckpointOnSigterm,
     RandomState,
+    Sigterm,
     StopOnNonFiniteLoss,
     check_writable,
     resume_checkpoint,
@@ -94,8 +95,11 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
 
 
 def console() -> None:
-    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns)."""
-    main()
+    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns): 143 after a
+    SIGTERM, also one that came too late to stop the stage (say, in its last batch)."""
+    with Sigterm.recorded():
+        main()
+        Sigterm.exit_if_received("the command had finished")
 
 
 if __name__ == "__main__":

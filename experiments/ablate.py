@@ -8,7 +8,8 @@ each with ten crops, and prints the table beside the paper's numbers. Results go
     python experiments/ablate.py --preset paper --data-root /data/imagenet --no-lrn --no-overlap
     python experiments/ablate.py --variant no_lrn --seed 1      # one cell (a cluster job or a W&B sweep agent)
 
-Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint.
+Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint. SIGTERM stops the
+runner with status 143 after a checkpoint, or after the result of the cell it came in.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
-from alexnet_lightning.reliability import check_writable, resume_checkpoint, write_atomic
+from alexnet_lightning.reliability import Sigterm, check_writable, resume_checkpoint, write_atomic
 from alexnet_lightning.report import read_result, write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
@@ -246,6 +247,10 @@ def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any
     check_writable(trainer)
     trainer.fit(model, data, ckpt_path=str(last) if last else None)  # SIGTERM: exits 143, see reliability
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not validated:  # the fit had ended in an earlier run, which stopped before the cell's result was written
+        loggers, trainer.loggers = trainer.loggers, []  # not a point of the learning curves
+        validated = {k: v for k, v in trainer.validate(model, data)[0].items() if k.startswith("val/")}
+        trainer.loggers = loggers
     tested = trainer.test(model, data)[0]
     result = {"variant": variant, "seed": seed, "epochs": trainer.current_epoch, **validated, **tested,
               "code_version": identity["code_version"], "wandb_run_id": wandb_logger.version}
@@ -256,14 +261,17 @@ def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    study_dir, identity = open_study(args)
-    todo = cells(args)
-    print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
-    for variant, seed in todo:
-        run_cell(args, study_dir, identity, variant, seed)
-    table, paths = write_report(study_dir)
-    print("\n" + table)
-    print("written: " + ", ".join(str(p) for p in paths.values()))
+    with Sigterm.recorded():  # between trainer stages, a SIGTERM waits for the next cell boundary
+        study_dir, identity = open_study(args)
+        todo = cells(args)
+        print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
+        for variant, seed in todo:
+            Sigterm.exit_if_received(f"the cells before {variant} seed {seed} are finished")
+            run_cell(args, study_dir, identity, variant, seed)
+        table, paths = write_report(study_dir)
+        print("\n" + table)
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+        Sigterm.exit_if_received("every cell is finished and the report written")
     return 0
 
 

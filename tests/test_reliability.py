@@ -1,5 +1,6 @@
 import csv
 import errno
+import json
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from lightning.pytorch import Callback
 from alexnet_lightning import reliability
 from alexnet_lightning.cli import main
 from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
-from alexnet_lightning.report import write_report
+from alexnet_lightning.report import read_curves, write_report
 from alexnet_lightning.strategy import TowerParallelStrategy
 from alexnet_lightning.tracking import FallbackWandbLogger
 from tests.conftest import REPO
@@ -277,6 +278,87 @@ def test_a_resumed_run_keeps_every_step_of_the_plateau_schedule(tiny_fit, tmp_pa
     assert expected.scheduler.state_dict() == got.scheduler.state_dict()
     assert expected.scheduler.last_epoch == 3  # one step per epoch
     assert all(torch.equal(weights(whole)[k], v) for k, v in weights(resumed).items())
+
+
+# Signals: SIGTERM at any phase of ablate.py ends it with status 143 after a checkpoint or a written result
+
+
+class TermAt(Callback):
+    """Sends SIGTERM to its own process when the given batch of the given stage starts, once."""
+
+    def __init__(self, stage: str, batch: int):
+        self.stage, self.batch, self.sent = stage, batch, False
+
+    def _maybe(self, stage: str, index: int) -> None:
+        if (stage, index) == (self.stage, self.batch) and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_start(self, trainer, module, batch, index):
+        self._maybe("train", index)
+
+    def on_validation_batch_start(self, trainer, module, batch, index, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._maybe("validate", index)
+
+    def on_test_batch_start(self, trainer, module, batch, index, dataloader_idx=0):
+        self._maybe("test", index)
+
+
+@pytest.fixture
+def sigterm_caught():
+    """A SIGTERM handler of the test's own, so that a signal which the code under test leaves unhandled cannot end
+    the test run."""
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["training", "validation", "test", "last test batch", "between cells"])
+def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothing(phase, study, tmp_path, monkeypatch,
+                                                                                   sigterm_caught):
+    # 60 training images in batches of 16 (4 batches), 30 validation and test images (2 batches), one epoch.
+    stage, batch = {"training": ("train", 1), "validation": ("validate", 0), "test": ("test", 0),
+                    "last test batch": ("test", 1), "between cells": (None, None)}[phase]
+    cell = tmp_path / "results" / "tiny" / "runs" / "baseline" / "seed0"
+    real_main, real_run_cell = ablate.alexnet_cli.main, ablate.run_cell
+
+    def main_with_signal(args, run=True):
+        cli = real_main(args, run=run)
+        if stage and str(cell / "cell.yaml") in args:
+            cli.trainer.callbacks.append(TermAt(stage, batch))
+        return cli
+
+    def run_cell_then_signal(*args):
+        real_run_cell(*args)
+        if phase == "between cells":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patches:
+        patches.setattr(ablate.alexnet_cli, "main", main_with_signal)
+        patches.setattr(ablate, "run_cell", run_cell_then_signal)
+        with pytest.raises(SystemExit) as stopped:
+            ablate.main([*study, "--no-lrn"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert not (cell.parent.parent / "no_lrn").exists()  # the next cell never started
+    assert (cell / "result.json").exists() == (phase in ("last test batch", "between cells"))
+
+    assert ablate.main([*study, "--no-lrn"]) == 0
+    result = json.loads((cell / "result.json").read_text())
+    assert {"val/top1_error", "val/loss", "test/top1_error"} <= set(result)
+    curves = read_curves(sorted(cell.glob("csv/attempt*/metrics.csv")))
+    assert [epoch for epoch, _ in curves["val/top1_error"]] == [0]  # an interrupted validation was done again
+    assert torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_the_command_exits_143_after_a_sigterm_that_came_too_late_to_stop_its_stage(monkeypatch, sigterm_caught):
+    from alexnet_lightning import cli
+
+    monkeypatch.setattr(cli, "main", lambda: os.kill(os.getpid(), signal.SIGTERM))  # say, in the last test batch
+    with pytest.raises(SystemExit) as stopped:
+        cli.console()
+    assert stopped.value.code == 128 + signal.SIGTERM
 
 
 # Damage: a damaged checkpoint falls back to the newest intact one, a damaged result is named and its cell redone
