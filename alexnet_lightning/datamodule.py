@@ -225,6 +225,17 @@ class ImageNetDataModule(L.LightningDataModule):
         value_scale: float = 255.0,
     ) -> None:
         super().__init__()
+        for name, value, valid, allowed in (
+            ("batch_size", batch_size, batch_size >= 1, "at least 1"),
+            ("crop_size", crop_size, crop_size >= 1, "at least 1"),
+            ("resize_size", resize_size, resize_size >= 1, "at least 1"),
+            ("lighting_std", lighting_std, lighting_std >= 0, "at least 0"),
+            ("num_workers", num_workers, num_workers is None or num_workers >= 0, "at least 0"),
+            ("statistics_images", statistics_images, statistics_images >= 1, "at least 1"),
+            ("value_scale", value_scale, value_scale > 0, "positive"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else _layout(Path(root))

@@ -52,6 +52,17 @@ class AlexNetModule(L.LightningModule):
         super().__init__()
         if lr_schedule not in ("plateau", "step"):
             raise ValueError(f"lr_schedule must be 'plateau' or 'step', got {lr_schedule!r}")
+        for name, value, valid, allowed in (
+            ("lr", lr, lr > 0, "positive"),
+            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "at least 0"),
+            ("lr_factor", lr_factor, 0 < lr_factor < 1, "in (0, 1)"),
+            ("lr_reductions", lr_reductions, lr_reductions >= 0, "at least 0"),
+            ("lr_patience", lr_patience, lr_patience >= 0, "at least 0"),
+            ("lr_step_epochs", lr_step_epochs, lr_step_epochs >= 1, "at least 1"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features

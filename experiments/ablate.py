@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.data_root is not None and not args.data_root.exists():
         parser.error(f"--data-root {args.data_root} does not exist")
     for path in args.extra_configs:
@@ -111,6 +113,23 @@ def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
     return base_configs(args) + overlay
 
 
+def check_cells(args: argparse.Namespace) -> None:
+    """Builds each selected variant's model, data module and trainer from its configs, so that a bad value stops the
+    study here, naming the option, before any data is read or generated."""
+    settings = ["--trainer.logger", "false"]
+    if args.epochs is not None:
+        settings += ["--trainer.max_epochs", str(args.epochs)]
+    if args.data_root:
+        settings += ["--data.root", str(args.data_root)]
+    for variant in dict.fromkeys(variant for variant, _ in cells(args)):
+        try:
+            alexnet_cli.main([*(a for p in variant_configs(args, variant) for a in ("--config", str(p))), *settings],
+                             run=False)
+        except ValueError as err:
+            raise SystemExit(f"error: {err} (the configs of {variant}: "
+                             f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err
+
+
 def data_fingerprint(root: Path | None) -> str:
     """A hash of the relative paths and sizes of the data files: two studies on the same data agree. The
     statistics cached beside the data on first use (alexnet_stats_*.pt) are derived from it and left out."""
@@ -142,7 +161,7 @@ def study_identity(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preset": args.preset,
         "base_config": config,
-        "epochs": args.epochs,
+        "epochs": args.epochs if args.epochs is not None else config.get("trainer", {}).get("max_epochs"),
         "data_root": str(args.data_root.resolve()) if args.data_root else None,
         "data_fingerprint": data_fingerprint(args.data_root),
     }
@@ -155,7 +174,9 @@ def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
         missing = keys - set(recorded) if isinstance(recorded, dict) else keys
         if missing:
             raise ValueError(f"it lacks {', '.join(sorted(missing))}")
-    except (OSError, ValueError) as err:
+        if recorded["epochs"] is None:  # written before the epochs were resolved: the base config's
+            recorded["epochs"] = recorded["base_config"].get("trainer", {}).get("max_epochs")
+    except (OSError, ValueError, AttributeError) as err:
         raise SystemExit(
             f"error: the study file {study_file} is damaged ({err}). It records the config, epochs and data the "
             f"study's cells were trained with: restore it, or use --study with a new name. Removing it makes this "
@@ -261,6 +282,7 @@ def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_cells(args)
     with Sigterm.recorded():  # between trainer stages, a SIGTERM waits for the next cell boundary
         study_dir, identity = open_study(args)
         todo = cells(args)

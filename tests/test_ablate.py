@@ -52,7 +52,7 @@ def test_a_tiny_study_end_to_end(study_args, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.split("\n", 2)[2].strip() == (study / "ablation.md").read_text().strip()
 
     # Re-running trains nothing new.
-    monkeypatch.setattr(ablate.alexnet_cli, "main", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(ablate, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
     assert ablate.main([*study_args, "--no-lrn"]) == 0
     assert capsys.readouterr().out.count("finished earlier: skipped") == 2
 

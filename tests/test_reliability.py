@@ -361,6 +361,43 @@ def test_the_command_exits_143_after_a_sigterm_that_came_too_late_to_stop_its_st
     assert stopped.value.code == 128 + signal.SIGTERM
 
 
+# Arguments: validated before any data is read
+
+
+@pytest.mark.parametrize("epochs", ["-1", "0"])
+def test_epochs_below_one_are_refused(epochs, capsys):
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["--epochs", epochs])
+    assert f"--epochs must be at least 1, got {epochs}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overlay, message", [({"data": {"batch_size": -1}}, "batch_size must be at least 1, got -1"),
+                                              ({"model": {"dropout": 1.5}}, r"dropout must be in \[0, 1\), got 1.5"),
+                                              ({"model": {"lr": -0.01}}, "lr must be positive, got -0.01")])
+def test_impossible_numbers_stop_the_study_before_any_data_is_read(overlay, message, tmp_path, no_data_reads):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(overlay))
+    with pytest.raises(SystemExit, match=message):
+        ablate.main(["--config", str(bad), "--results", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_impossible_batch_size_stops_the_command_before_any_data_is_read(no_data_reads):
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got -1"):
+        main(["fit", *QUICK, "--data.batch_size", "-1"])
+
+
+def test_the_presets_own_number_of_epochs_given_again_is_the_same_study(study):
+    ablate.open_study(ablate.parse_args(study))  # the tiny overlay's one epoch
+    ablate.open_study(ablate.parse_args([*study, "--epochs", "1"]))
+    study_file = ablate.parse_args(study).results / "tiny" / "study.json"
+    recorded = json.loads(study_file.read_text())
+    study_file.write_text(json.dumps(recorded | {"epochs": None}))  # as written before the epochs were resolved
+    ablate.open_study(ablate.parse_args([*study, "--epochs", "1"]))
+    with pytest.raises(SystemExit, match="differs in: epochs"):
+        ablate.open_study(ablate.parse_args([*study, "--epochs", "2"]))
+
+
 # Damage: a damaged checkpoint falls back to the newest intact one, a damaged result is named and its cell redone
 
 
