@@ -5,6 +5,7 @@ checkpoint before exiting on SIGTERM, a stop with the step and the checkpoint to
 the output folders checked before any data is read, and a damaged checkpoint passed over for the newest intact one.
 """
 
+import fcntl
 import io
 import os
 import random
@@ -27,9 +28,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], what: str = "file", exclusive: bool = False) -> None:
     """Calls ``write(file)`` on a hidden temporary file beside ``path``, fsyncs it and renames it over ``path``, so
-    that a full disk, a crash or a kill while writing leaves the previous file whole. An OSError names the path."""
+    that a full disk, a crash or a kill while writing leaves the previous file whole, and a reader sees the old file
+    or the new one, never part of one. An OSError names the path.
+
+    ``exclusive``: creates ``path`` only if there is none, else raises FileExistsError; of several processes that
+    create it at once, one wins.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: never taken for the file itself
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +43,19 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], what: str = "f
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)  # unlike a rename, fails if the path exists
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
         folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise OSError(
@@ -269,6 +282,21 @@ class CheckpointOnSigterm(L.Callback):
             trainer.save_checkpoint(self.saved)
         finally:
             progress.load_state_dict(kept)
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Holds an exclusive lock on the file ``path`` (created if need be) for the block, among processes that share a
+    folder; yields False, without the lock, if another process holds it and ``wait`` is False. The system drops a
+    lock when its process ends, however it ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def check_writable(trainer: L.Trainer) -> None:

@@ -8,7 +8,8 @@ each with ten crops, and prints the table beside the paper's numbers. Results go
     python experiments/ablate.py --preset paper --data-root /data/imagenet --no-lrn --no-overlap
     python experiments/ablate.py --variant no_lrn --seed 1      # one cell (a cluster job or a W&B sweep agent)
 
-Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint. SIGTERM stops the
+Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint. Cells of one study
+may run at the same time (a cluster array): a cell that another process is running is skipped. SIGTERM stops the
 runner with status 143 after a checkpoint, or after the result of the cell it came in.
 """
 
@@ -25,7 +26,7 @@ import yaml
 
 from alexnet_lightning import builtin
 from alexnet_lightning import cli as alexnet_cli
-from alexnet_lightning.reliability import Sigterm, check_writable, resume_checkpoint, write_atomic
+from alexnet_lightning.reliability import Sigterm, check_writable, locked, resume_checkpoint, write_atomic
 from alexnet_lightning.report import read_result, write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
@@ -186,21 +187,22 @@ def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
 
 
 def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The study folder; refuses one written by a different config, before any training."""
+    """The study folder; refuses one written by a different config, before any training. The study file is created
+    whole or not at all, once: of cells of a new study started together, one writes it and the others compare."""
     study_dir = args.results / args.study
     identity = study_identity(args)
     study_file = study_dir / "study.json"
-    if study_file.exists():
+    try:
+        write_atomic(study_file, lambda f: f.write(json.dumps(identity, indent=2).encode()), "study file",
+                     exclusive=True)
+    except FileExistsError:
         recorded = read_study(study_file, set(identity))
         changed = sorted(k for k in identity if recorded[k] != identity[k])
         if changed:
             raise SystemExit(
                 f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}). "
                 f"Use --study with a new name, or remove {study_dir}."
-            )
-    else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        study_file.write_text(json.dumps(identity, indent=2))
+            ) from None
     return study_dir, identity | {"code_version": code_version()}
 
 
@@ -234,16 +236,19 @@ def run_id(study: str, variant: str, seed: int) -> str:
 
 def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
     cell_dir = study_dir / "runs" / variant / f"seed{seed}"
-    if (cell_dir / "result.json").exists():
-        try:
-            read_result(cell_dir / "result.json")
-        except ValueError as err:
-            print(f"[{variant} seed {seed}] {err}: the cell runs again")
-        else:
-            print(f"[{variant} seed {seed}] finished earlier: skipped")
+    with locked(cell_dir / ".cell.lock", wait=False) as mine:
+        if not mine:
+            print(f"[{variant} seed {seed}] running in another process: skipped")
             return
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    train_cell(args, cell_dir, identity, variant, seed)
+        if (cell_dir / "result.json").exists():
+            try:
+                read_result(cell_dir / "result.json")
+            except ValueError as err:
+                print(f"[{variant} seed {seed}] {err}: the cell runs again")
+            else:
+                print(f"[{variant} seed {seed}] finished earlier: skipped")
+                return
+        train_cell(args, cell_dir, identity, variant, seed)
 
 
 def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:

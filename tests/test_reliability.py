@@ -1,6 +1,8 @@
 import csv
 import errno
+import fcntl
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -20,7 +22,7 @@ from lightning.pytorch import Callback
 from alexnet_lightning import reliability
 from alexnet_lightning.cli import main
 from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
-from alexnet_lightning.report import read_curves, write_report
+from alexnet_lightning.report import read_curves, summarise, write_report, write_tables
 from alexnet_lightning.strategy import TowerParallelStrategy
 from alexnet_lightning.tracking import FallbackWandbLogger
 from tests.conftest import REPO
@@ -452,3 +454,64 @@ def test_a_damaged_study_file_stops_the_study_naming_it(study):
     (study_dir / "study.json").write_text('{"preset": "quick", "base_')
     with pytest.raises(SystemExit, match=f"the study file {re.escape(str(study_dir / 'study.json'))} is damaged"):
         ablate.open_study(args)
+
+
+# Concurrency: study files written whole, cells of one study at once
+
+
+def open_study_once_it_appears(args) -> None:
+    study_file, deadline = args.results / args.study / "study.json", time.monotonic() + 60
+    while not study_file.exists() and time.monotonic() < deadline:
+        pass
+    ablate.open_study(args)
+
+
+def test_cells_of_a_new_study_started_together_agree_on_its_study_file(study, monkeypatch):
+    # The first cell writes study.json; three more start the moment it appears. A large identity makes the write
+    # take long enough for them to read the file meanwhile.
+    identity = ablate.study_identity(ablate.parse_args(study)) | {"base_config": {"padding": "x" * 30_000_000}}
+    monkeypatch.setattr(ablate, "study_identity", lambda args: identity)
+    context = multiprocessing.get_context("fork")
+    cells = [context.Process(target=open_study_once_it_appears, args=(ablate.parse_args(study),)) for _ in range(3)]
+    cells.append(context.Process(target=ablate.open_study, args=(ablate.parse_args(study),)))
+    for cell in cells:
+        cell.start()
+    for cell in cells:
+        cell.join(90)
+    assert [cell.exitcode for cell in cells] == [0] * 4
+    assert json.loads((ablate.parse_args(study).results / "tiny" / "study.json").read_text()) == identity
+
+
+def test_a_reader_never_sees_a_report_file_half_written(tmp_path):
+    rows = summarise([{"variant": "baseline", "seed": 0, "test/top1_error": 0.4, "test/top5_error": 0.2}])
+    rows[0]["change"] = "x" * 20_000_000  # a write that takes a while
+    write_tables(rows, tmp_path)
+    seen, writer = [], threading.Thread(target=lambda: [write_tables(rows, tmp_path) for _ in range(3)])
+    writer.start()
+    while writer.is_alive():
+        seen.append(len(json.loads((tmp_path / "ablation.json").read_text())))
+    assert seen and set(seen) == {1}
+
+
+def test_a_cell_that_another_process_runs_is_skipped(study, monkeypatch, capsys):
+    args = ablate.parse_args(study)
+    study_dir, identity = ablate.open_study(args)
+    lock = study_dir / "runs" / "baseline" / "seed0" / ".cell.lock"
+    lock.parent.mkdir(parents=True)
+    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli({}))
+    with open(lock, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # as another process running the cell holds it
+        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+    assert "[baseline seed 0] running in another process: skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_cells_of_one_study_started_together_both_finish(study, tmp_path):
+    runner = [sys.executable, str(REPO / "experiments" / "ablate.py"), *study]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cells = [subprocess.Popen([*runner, "--variant", variant, "--seed", "0"], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for variant in ("baseline", "no_lrn")]
+    outputs = [cell.communicate(timeout=600) for cell in cells]
+    assert [cell.returncode for cell in cells] == [0, 0], [err[-2000:] for _, err in outputs]
+    rows = json.loads((tmp_path / "results" / "tiny" / "ablation.json").read_text())
+    assert sorted(row["variant"] for row in rows) == ["baseline", "no_lrn"]  # the report written last has both
