@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
@@ -42,6 +41,8 @@ ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_de
 SPLITS = ("train", "val")
 # What PIL raises on a file it cannot decode: not an image, zero bytes, truncated, corrupt headers.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+# torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 
 
 class SkipUnreadable(Dataset):
@@ -141,6 +142,23 @@ def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
             f"archives ({', '.join(ARCHIVES)})."
         )
     return "folders"
+
+
+def _check_every_class_readable(dataset: ImageFolder, folder: Path) -> None:
+    """Raises, naming them, if class folders hold no image file or none that decodes: training and testing with a
+    class that has no images would silently change what the error rates measure."""
+    readable, reasons = set(), {}
+    for path, target in dataset.samples:
+        if target not in readable:
+            try:
+                dataset.loader(path)
+                readable.add(target)
+            except UNREADABLE as err:
+                reasons.setdefault(target, f"every file is unreadable, e.g. {path}: {err}")
+    bad = [f"{folder / name} ({reasons.get(target, 'no image file')})"
+           for target, name in enumerate(dataset.classes) if target not in readable]
+    if bad:
+        raise FileNotFoundError(f"Class folder(s) without a readable image: {'; '.join(bad)}")
 
 
 class _LogSkippedFiles(L.Callback):
@@ -288,7 +306,19 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.layout == "archives":
             return SkipUnreadable(ImageNet(str(root), split, transform=transform, loader=load_rgb))
         folder = root / split
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
+        ignored: list[str] = []
+
+        def is_image(path: str) -> bool:
+            allowed = has_file_allowed_extension(path, IMAGE_EXTENSIONS)
+            if not allowed:
+                ignored.append(path)
+            return allowed
+
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image,
+                              allow_empty=True)
+        if ignored:
+            warnings.warn(f"Ignoring {len(ignored)} file(s) of {folder} without an image extension "
+                          f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {', '.join(ignored[:3])}", stacklevel=2)
         train_classes = find_classes(root / "train")[0]
         if dataset.classes != train_classes:
             raise ValueError(
@@ -296,10 +326,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"only in {split}: {sorted(set(dataset.classes) - set(train_classes))}, "
                 f"missing from {split}: {sorted(set(train_classes) - set(dataset.classes))}."
             )
-        images_per_class = np.bincount(dataset.targets, minlength=len(dataset.classes))
-        empty = [str(folder / name) for name, count in zip(dataset.classes, images_per_class, strict=True) if not count]
-        if empty:
-            raise FileNotFoundError(f"Class folder(s) without any image file: {', '.join(empty)}")
+        _check_every_class_readable(dataset, folder)
         return SkipUnreadable(dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,12 +13,15 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import wandb
 import yaml
 from lightning.pytorch import Callback
+from PIL import Image
 
 from alexnet_lightning import reliability
 from alexnet_lightning.cli import main
@@ -515,3 +519,83 @@ def test_two_cells_of_one_study_started_together_both_finish(study, tmp_path):
     assert [cell.returncode for cell in cells] == [0, 0], [err[-2000:] for _, err in outputs]
     rows = json.loads((tmp_path / "results" / "tiny" / "ablation.json").read_text())
     assert sorted(row["variant"] for row in rows) == ["baseline", "no_lrn"]  # the report written last has both
+
+
+# Odd inputs: every kind of file an ImageNet-style folder holds is decoded right or skipped, naming it
+
+
+def write_grey16(path, value: int, big_endian: bool = False) -> None:
+    pixels = np.full((8, 8), value, ">u2" if big_endian else "<u2")
+    Image.frombytes("I;16B" if big_endian else "I;16", (8, 8), pixels.tobytes()).save(path)
+
+
+ODD_FILES = {  # name: (writer, the RGB of its first pixel, or None: skipped with a warning naming the file)
+    "cmyk.jpg": (lambda p: Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(p), (255, 0, 0)),
+    "grey.jpg": (lambda p: Image.new("L", (8, 8), 100).save(p), (100, 100, 100)),
+    "png.JPEG": (lambda p: Image.new("RGB", (8, 8), (10, 200, 30)).save(p, format="PNG"), (10, 200, 30)),
+    "sixteen.png": (lambda p: write_grey16(p, 32896), (128, 128, 128)),  # 16-bit grey: 32896 = 128 * 257
+    "sixteen.tif": (lambda p: write_grey16(p, 25700, big_endian=True), (100, 100, 100)),
+    "sixteen.pgm": (lambda p: write_grey16(p, 12850), (50, 50, 50)),  # opened in PIL's mode I
+    "palette.png": (lambda p: palette_with_transparency(p), (255, 255, 255)),  # the transparent index: white
+    "one-bit.png": (lambda p: Image.new("1", (8, 8), 1).save(p), (255, 255, 255)),
+    "animated.gif": (lambda p: frames(p), (255, 0, 0)),  # the first frame
+    "frames.tif": (lambda p: frames(p), (255, 0, 0)),
+    "rotated.jpg": (lambda p: exif_rotated(p), (0, 0, 255)),  # EXIF orientation ignored: the pixels as stored
+    "float.tif": (lambda p: Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(p), None),
+    "empty.JPEG": (lambda p: p.write_bytes(b""), None),
+    "bomb.png": (lambda p: Image.new("RGB", (64, 64)).save(p), None),  # over twice PIL's limit, set to 1000 below
+}
+
+
+def palette_with_transparency(path) -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 255, 0, 0, 0, 255] + [0] * 762)
+    image.save(path, transparency=0)
+
+
+def frames(path) -> None:
+    first, second = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 255, 0))
+    first.save(path, save_all=True, append_images=[second])
+
+
+def exif_rotated(path) -> None:
+    image = Image.new("RGB", (16, 8), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    image.save(path, exif=exif, quality=100)
+
+
+def test_odd_image_files_decode_to_their_rgb_or_are_skipped_naming_the_file(tmp_path, monkeypatch):
+    from alexnet_lightning.datamodule import ImageNetDataModule
+
+    for split in ("train", "val"):
+        for name, (write, _) in ODD_FILES.items():
+            (tmp_path / split / "odd").mkdir(parents=True, exist_ok=True)
+            write(tmp_path / split / "odd" / name)
+        (tmp_path / split / "odd" / "notes.txt").write_text("not an image")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.warns(UserWarning, match=re.escape(f"Ignoring 1 file(s) of {tmp_path / 'train'}")):
+        folder = ImageNetDataModule(4, root=str(tmp_path))._dataset("train", lambda image: image)
+    by_name = {Path(path).name: index for index, (path, _) in enumerate(folder.folder.samples)}
+    assert set(by_name) == set(ODD_FILES)  # uppercase extensions and GIF included, the text file left out
+    for name, (_, rgb) in ODD_FILES.items():
+        if rgb is None:
+            with pytest.warns(UserWarning, match=f"Skipping unreadable image {re.escape(str(tmp_path))}.*{name}"):
+                assert folder[by_name[name]] is None, name
+        else:
+            image = np.asarray(folder[by_name[name]][0])
+            assert image.dtype == np.uint8 and image.shape[2] == 3, name
+            assert np.abs(image[0, 0].astype(int) - rgb).max() <= 2, (name, image[0, 0])
+    assert np.asarray(folder[by_name["rotated.jpg"]][0]).shape[:2] == (8, 16)
+
+
+def test_a_class_folder_without_a_readable_image_stops_before_training_naming_it(tiny_imagefolder, tmp_path):
+    from alexnet_lightning.datamodule import ImageNetDataModule
+
+    root = shutil.copytree(tiny_imagefolder, tmp_path / "data")
+    broken = sorted(path for path in (root / "train").iterdir() if path.is_dir())[3]
+    for path in broken.iterdir():
+        path.write_bytes(path.read_bytes()[:100])  # every file truncated
+    data = ImageNetDataModule(16, root=str(root), resize_size=72, crop_size=67, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{broken} (every file is unreadable, e.g. {broken}")):
+        data.setup("fit")
