@@ -358,6 +358,24 @@ def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothin
     assert torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
 
 
+@pytest.mark.slow
+def test_a_fit_stopped_in_a_validation_does_it_again_and_ends_as_an_uninterrupted_one(tiny_fit, tmp_path,
+                                                                                      sigterm_caught):
+    options = ["--trainer.deterministic", "true", "--trainer.max_epochs", "2", "--model.lr_schedule", "plateau",
+               "--model.lr_patience", "0"]
+    whole = main(tiny_fit(tmp_path / "whole", *options))
+    stopped = main(tiny_fit(tmp_path / "split", *options)[1:], run=False)
+    stopped.trainer.callbacks.append(TermAt("validate", 0))  # in the first epoch's validation
+    with pytest.raises(SystemExit) as exit_:
+        stopped.trainer.fit(stopped.model, stopped.datamodule)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    resumed = main(tiny_fit(tmp_path / "split", *options, "--ckpt_path", "last"))
+    assert all(torch.equal(weights(whole)[k], v) for k, v in weights(resumed).items())
+    curves = [read_curves(sorted(root.glob("lightning_logs/version_*/metrics.csv")))["val/top1_error"]
+              for root in (tmp_path / "whole", tmp_path / "split")]
+    assert curves[0] == curves[1] and [epoch for epoch, _ in curves[1]] == [0, 1]
+
+
 def test_the_command_exits_143_after_a_sigterm_that_came_too_late_to_stop_its_stage(monkeypatch, sigterm_caught):
     from alexnet_lightning import cli
 
