@@ -14,6 +14,7 @@ runner with status 143 after a checkpoint, or after the result of the cell it ca
 """
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -129,6 +130,7 @@ def check_cells(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise SystemExit(f"error: {err} (the configs of {variant}: "
                              f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err
+        gc.collect()  # the CLI's objects hold each other, and a whole network, in reference cycles
 
 
 def data_fingerprint(root: Path | None) -> str:
