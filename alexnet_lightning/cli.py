@@ -1,7 +1,7 @@
 """The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`.
 
-A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.ckpt` in the checkpoint folder,
-`<default_root_dir>/checkpoints` unless the config names another.
+A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact checkpoint in the checkpoint folder,
+`<default_root_dir>/checkpoints` unless the config names another (`last.ckpt` unless it is damaged).
 """
 
 import sys
@@ -17,7 +17,13 @@ from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.progress import LogLines
-from alexnet_lightning.reliability import AtomicCheckpointIO, check_writable, training_callbacks
+from alexnet_lightning.reliability import (
+    AtomicCheckpointIO,
+    Sigterm,
+    check_writable,
+    resume_checkpoint,
+    training_callbacks,
+)
 
 DESCRIPTION = (
     "A paper-faithful AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) in PyTorch Lightning: train, validate and "
@@ -53,6 +59,22 @@ class AlexNetCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_writable(self.trainer)
+        self._resolve_last()
+
+    def before_validate(self) -> None:
+        self._resolve_last()
+
+    def before_test(self) -> None:
+        self._resolve_last()
+
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: the newest intact checkpoint of the checkpoint folders, a damaged newer one passed over
+        with a warning (Lightning's own `last` would take the newest `last*.ckpt`, damaged or not)."""
+        config = self.config_init[self.subcommand]
+        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                   if getattr(c, "dirpath", None) and "://" not in str(c.dirpath)}
+        if config.get("ckpt_path") == "last" and (found := resume_checkpoint(*folders)):
+            config["ckpt_path"] = str(found)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
@@ -66,8 +88,11 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
 
 
 def console() -> None:
-    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns)."""
-    main()
+    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns): 143 after a
+    SIGTERM, also one that came too late to stop the stage (say, in its last batch)."""
+    with Sigterm.recorded():
+        main()
+        Sigterm.exit_if_received("the command had finished")
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import scipy.io
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet, imagenet
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning import builtin, prepared
@@ -48,6 +47,8 @@ ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_de
 SPLITS = ("train", "val")
 # What PIL raises on a file it cannot decode: not an image, zero bytes, truncated, corrupt headers.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+# torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 
 
 class SkipUnreadable(Dataset):
@@ -191,6 +192,23 @@ def _extract(root: Path, split: str) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def _check_every_class_readable(dataset: ImageFolder, folder: Path) -> None:
+    """Raises, naming them, if class folders hold no image file or none that decodes: training and testing with a
+    class that has no images would silently change what the error rates measure."""
+    readable, reasons = set(), {}
+    for path, target in dataset.samples:
+        if target not in readable:
+            try:
+                dataset.loader(path)
+                readable.add(target)
+            except UNREADABLE as err:
+                reasons.setdefault(target, f"every file is unreadable, e.g. {path}: {err}")
+    bad = [f"{folder / name} ({reasons.get(target, 'no image file')})"
+           for target, name in enumerate(dataset.classes) if target not in readable]
+    if bad:
+        raise FileNotFoundError(f"Class folder(s) without a readable image: {'; '.join(bad)}")
+
+
 class _LogSkippedFiles(L.Callback):
     """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch.
 
@@ -249,6 +267,7 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting_rescale: Multiplies training images by 1 / (1 + lighting_std) after the noise, as cuda-convnet2
             does (``transforms.training_scale``); not in the paper, off by default.
         num_workers: Loader processes; ``None``: ``min(8, os.cpu_count())``.
+        persistent_workers: Keep the loader processes from one epoch to the next (with ``num_workers > 0``).
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
@@ -276,12 +295,24 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting_formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
         lighting_rescale: bool = False,
         num_workers: int | None = None,
+        persistent_workers: bool = True,
         statistics_images: int = 10_000,
         prepared: str | None = None,
         value_scale: float = 255.0,
         decode: Literal["auto", "workers", "device"] = "auto",
     ) -> None:
         super().__init__()
+        for name, value, valid, allowed in (
+            ("batch_size", batch_size, batch_size >= 1, "at least 1"),
+            ("crop_size", crop_size, crop_size >= 1, "at least 1"),
+            ("resize_size", resize_size, resize_size >= 1, "at least 1"),
+            ("lighting_std", lighting_std, lighting_std >= 0, "at least 0"),
+            ("num_workers", num_workers, num_workers is None or num_workers >= 0, "at least 0"),
+            ("statistics_images", statistics_images, statistics_images >= 1, "at least 1"),
+            ("value_scale", value_scale, value_scale > 0, "positive"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         if lighting_formula not in LIGHTING_FORMULAS:
             raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
@@ -301,6 +332,18 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(f"--data.root {root} is already a prepared folder: leave out --data.prepared")
         self.skipped_files = torch.tensor(0)
         self.augmentation: prepared.BatchAugmentation | None = None
+        self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, kept in checkpoints."""
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_position": loader.state_dict()} if isinstance(loader, ResumableLoader) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning hands the training loader its position only when it resumes mid-epoch. From an epoch's end it
+        # creates the loader's iterator before it sets the sampler's epoch, and loader processes draw the first
+        # batches' indices as soon as the iterator exists: the resumed epoch would be shuffled as the first was.
+        self.train_position = state.get("train_position")
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = prepared.read_meta(root)
@@ -340,7 +383,19 @@ class ImageNetDataModule(L.LightningDataModule):
                 )
             return SkipUnreadable(dataset)
         folder = root / split
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
+        ignored: list[str] = []
+
+        def is_image(path: str) -> bool:
+            allowed = has_file_allowed_extension(path, IMAGE_EXTENSIONS)
+            if not allowed:
+                ignored.append(path)
+            return allowed
+
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image,
+                              allow_empty=True)
+        if ignored:
+            warnings.warn(f"Ignoring {len(ignored)} file(s) of {folder} without an image extension "
+                          f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {', '.join(ignored[:3])}", stacklevel=2)
         train_classes = find_classes(root / "train")[0]
         if dataset.classes != train_classes:
             raise ValueError(
@@ -348,17 +403,14 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"only in {split}: {sorted(set(dataset.classes) - set(train_classes))}, "
                 f"missing from {split}: {sorted(set(train_classes) - set(dataset.classes))}."
             )
-        images_per_class = np.bincount(dataset.targets, minlength=len(dataset.classes))
-        empty = [str(folder / name) for name, count in zip(dataset.classes, images_per_class, strict=True) if not count]
-        if empty:
-            raise FileNotFoundError(f"Class folder(s) without any image file: {', '.join(empty)}")
+        _check_every_class_readable(dataset, folder)
         return SkipUnreadable(dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:
         options = dict(
             batch_size=self.hparams.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
@@ -375,10 +427,14 @@ class ImageNetDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                    **(replicas or {}))
 
-        def progress() -> tuple[int, int]:
+        def position() -> tuple[int, int]:
             return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-        return ResumableLoader(dataset, sampler=sampler, progress=progress, **options)
+        loader = ResumableLoader(dataset, sampler=sampler, progress=position, **options)
+        if self.train_position is not None:
+            loader.load_state_dict(self.train_position)
+            self.train_position = None
+        return loader
 
     def statistics(self) -> Statistics:
         """The training set's mean image and RGB eigen-decomposition at ``resize_size``: loaded from the

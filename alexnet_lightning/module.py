@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -42,8 +43,8 @@ class AlexNetModule(L.LightningModule):
         weight_decay: L2 weight decay, applied to every parameter as in the paper's update rule.
         lr_factor: the learning rate is multiplied by this at each reduction.
         lr_reductions: how many times the learning rate is reduced at most.
-        lr_schedule: "plateau" reduces it when the validation top-1 error stops improving (the paper);
-            "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
+        lr_schedule: "plateau" reduces it when the validation top-1 error stops improving (the paper), judged after
+            each validation; "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
         lr_patience: epochs without improvement of the validation top-1 error before a reduction ("plateau").
         lr_step_epochs: epochs between reductions ("step").
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
@@ -73,6 +74,17 @@ class AlexNetModule(L.LightningModule):
         super().__init__()
         if lr_schedule not in ("plateau", "step"):
             raise ValueError(f"lr_schedule must be 'plateau' or 'step', got {lr_schedule!r}")
+        for name, value, valid, allowed in (
+            ("lr", lr, lr > 0, "positive"),
+            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "at least 0"),
+            ("lr_factor", lr_factor, 0 < lr_factor < 1, "in (0, 1)"),
+            ("lr_reductions", lr_reductions, lr_reductions >= 0, "at least 0"),
+            ("lr_patience", lr_patience, lr_patience >= 0, "at least 0"),
+            ("lr_step_epochs", lr_step_epochs, lr_step_epochs >= 1, "at least 1"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
@@ -145,18 +157,30 @@ class AlexNetModule(L.LightningModule):
         self._log_errors("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_errors("val")
+        top1_error = self._log_errors("val")
+        # The plateau schedule steps here rather than at the epoch's end, where Lightning steps it after the epoch's
+        # checkpoints are written (a run resumed from one would lose the step) and not at all in a resumed epoch.
+        fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+        if self.hparams.lr_schedule == "plateau" and top1_error is not None and fitting:
+            self.lr_schedulers().step(top1_error)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not isinstance(scheduler, ReduceLROnPlateau):  # stepped after each validation instead
+            scheduler.step()
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")
 
-    def _log_errors(self, stage: str) -> None:
+    def _log_errors(self, stage: str) -> torch.Tensor | None:
+        """Logs the stage's errors and returns its top-1 error (None if it saw no batch)."""
         metrics = getattr(self, f"{stage}_metrics")
         if not metrics["top1"].update_called:
-            return
-        for name, accuracy in metrics.compute().items():
-            self.log(f"{stage}/{name}_error", 1 - accuracy, prog_bar=name == "top1")
+            return None
+        errors = {name: 1 - accuracy for name, accuracy in metrics.compute().items()}
+        for name, error in errors.items():
+            self.log(f"{stage}/{name}_error", error, prog_bar=name == "top1")
         metrics.reset()
+        return errors["top1"]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -4,13 +4,16 @@ Read by experiments/ablate.py, experiments/compare.py and notebooks/ablation_rep
 """
 
 import csv
+import io
 import json
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from alexnet_lightning.reliability import locked, write_atomic
 from alexnet_lightning.variants import VARIANTS, get_variant
 
 METRICS = ("top1", "top5")
@@ -91,15 +94,16 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """ablation.md, .json and .csv, each written atomically: a reader sees the old table or the new one."""
     paths = {kind: out_dir / f"ablation.{kind}" for kind in ("md", "csv", "json")}
-    paths["md"].write_text(to_markdown(rows))
     finite = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
-    paths["json"].write_text(json.dumps(finite, indent=2))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["variant"])
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["variant"])
+    writer.writeheader()
+    writer.writerows(rows)
+    texts = {"md": to_markdown(rows), "json": json.dumps(finite, indent=2), "csv": table.getvalue()}
+    for kind, text in texts.items():
+        write_atomic(paths[kind], lambda f, text=text: f.write(text.encode()))
     return paths
 
 
@@ -138,7 +142,7 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths["curves"], dpi=100)
+    write_atomic(paths["curves"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
     plt.close(fig)
 
     ablations = [r for r in rows if r["variant"] != "baseline"]
@@ -155,26 +159,54 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
     ax.set(ylabel="Δ top-1 error vs baseline (points)", title="Ablations against the paper")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths["deltas"], dpi=100)
+    write_atomic(paths["deltas"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return paths
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A cell's result.json (runs/<variant>/seed<k>/result.json), checked; the error names the file."""
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError("it holds no JSON object")
+        missing = [k for k in ("variant", "seed", "val/top1_error", "test/top1_error") if k not in result]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        if (result["variant"], f"seed{result['seed']}") != (path.parent.parent.name, path.parent.name):
+            raise ValueError(f"it holds the result of {result['variant']} seed {result['seed']}")
+        if not all(isinstance(v, (int, float)) for k, v in result.items() if k.startswith(("val/", "test/"))):
+            raise ValueError("it holds an error rate that is not a number")
+    except (OSError, ValueError) as err:  # a JSONDecodeError is a ValueError
+        raise ValueError(f"The result {path} is damaged: {err}") from err
+    return result
+
+
 def load_study(study_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict]]]:
-    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves."""
+    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves. A damaged
+    result is left out with a warning that names it."""
     results, curves = [], defaultdict(list)
     for result_file in sorted(study_dir.glob("runs/*/seed*/result.json")):
-        result = json.loads(result_file.read_text())
+        try:
+            result = read_result(result_file)
+        except ValueError as err:
+            warnings.warn(f"{err}; left out of the table. Rerun experiments/ablate.py to test the cell again.",
+                          stacklevel=2)
+            continue
         results.append(result)
         curves[result["variant"]].append(read_curves(sorted(result_file.parent.glob("csv/attempt*/metrics.csv"))))
     return results, dict(curves)
 
 
 def write_report(study_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Build the table and plots of a study folder; returns the Markdown table and the written paths."""
-    results, curves = load_study(study_dir)
-    rows = summarise(results)
-    paths = write_tables(rows, study_dir)
-    if rows:
-        paths |= plot(rows, curves, study_dir)
+    """Build the table and plots of a study folder; returns the Markdown table and the written paths.
+
+    One process at a time, so that of cells finishing together, the report written last holds them all.
+    """
+    with locked(study_dir / ".report.lock"):
+        results, curves = load_study(study_dir)
+        rows = summarise(results)
+        paths = write_tables(rows, study_dir)
+        if rows:
+            paths |= plot(rows, curves, study_dir)
     return to_markdown(rows), paths

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
 
 from alexnet_lightning.tracking import read_offline_run
@@ -51,7 +52,7 @@ def test_a_tiny_study_end_to_end(study_args, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.split("\n", 2)[2].strip() == (study / "ablation.md").read_text().strip()
 
     # Re-running trains nothing new.
-    monkeypatch.setattr(ablate.alexnet_cli, "main", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(ablate, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
     assert ablate.main([*study_args, "--no-lrn"]) == 0
     assert capsys.readouterr().out.count("finished earlier: skipped") == 2
 
@@ -68,7 +69,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
     study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
     cell = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     cell.mkdir(parents=True)
-    (cell / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, cell / "last.ckpt")
     seen = {}
 
     class Stop(Exception):
