@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -94,7 +96,8 @@ def test_impossible_values_fail_before_any_data_is_read_naming_the_option(args, 
 def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tiny_overlay, tmp_path, capfd):
     from alexnet_lightning.progress import LogLines
 
-    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+    data = shutil.copytree(tiny_imagefolder, tmp_path / "data")  # statistics not cached yet: computed, with a line
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(data),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "true"]
     fit = main(["fit", *common, "--trainer.max_epochs", "2"])  # pytest's captured output is not a terminal
     assert isinstance(fit.trainer.progress_bar_callback, LogLines)
