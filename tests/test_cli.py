@@ -96,7 +96,8 @@ def test_impossible_values_fail_before_any_data_is_read_naming_the_option(args, 
 def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tiny_overlay, tmp_path, capfd):
     from alexnet_lightning.progress import LogLines
 
-    data = shutil.copytree(tiny_imagefolder, tmp_path / "data")  # statistics not cached yet: computed, with a line
+    # Without the statistics that other tests cached beside the data: computed here, with a line.
+    data = shutil.copytree(tiny_imagefolder, tmp_path / "data", ignore=shutil.ignore_patterns("alexnet_stats_*"))
     common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(data),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "true"]
     fit = main(["fit", *common, "--trainer.max_epochs", "2"])  # pytest's captured output is not a terminal
