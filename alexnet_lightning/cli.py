@@ -1,10 +1,9 @@
 """The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`.
 
-A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest `last.ckpt` in the checkpoint folder,
-`<default_root_dir>/checkpoints` unless the config names another.
+A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact checkpoint in the checkpoint folder,
+`<default_root_dir>/checkpoints` unless the config names another (`last.ckpt` unless it is damaged).
 """
 
-import ctypes
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,15 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning.datamodule import ImageNetDataModule
 from alexnet_lightning.diagnostics import Diagnostics
+from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.progress import LogLines
 from alexnet_lightning.reliability import (
     AtomicCheckpointIO,
-    CheckpointOnSigterm,
-    RandomState,
-    StopOnNonFiniteLoss,
+    Sigterm,
     check_writable,
+    resume_checkpoint,
+    training_callbacks,
 )
 
 DESCRIPTION = (
@@ -60,23 +60,22 @@ class AlexNetCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_writable(self.trainer)
+        self._resolve_last()
 
+    def before_validate(self) -> None:
+        self._resolve_last()
 
-def keep_freed_memory() -> bool:
-    """Asks glibc to keep freed memory for reuse; returns whether it agreed (False off glibc).
+    def before_test(self) -> None:
+        self._resolve_last()
 
-    By default glibc maps every block over 32 MB afresh and hands it back when freed, so each new batch-sized
-    tensor on the CPU pays page faults for all its pages: on a 2-core machine that cost the paper network's
-    training step about a third of its speed (README, Speed options). Training and the benchmark reuse the
-    same shapes every step, so the kept memory is reused; the process keeps its peak memory until it exits.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 36))
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: the newest intact checkpoint of the checkpoint folders, a damaged newer one passed over
+        with a warning (Lightning's own `last` would take the newest `last*.ckpt`, damaged or not)."""
+        config = self.config_init[self.subcommand]
+        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                   if getattr(c, "dirpath", None) and "://" not in str(c.dirpath)}
+        if config.get("ckpt_path") == "last" and (found := resume_checkpoint(*folders)):
+            config["ckpt_path"] = str(found)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
@@ -85,13 +84,16 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
         parser_kwargs={"description": DESCRIPTION},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RandomState(), StopOnNonFiniteLoss(), CheckpointOnSigterm(), Diagnostics()]},
+        trainer_defaults={"callbacks": [*training_callbacks(), Diagnostics()]},
     )
 
 
 def console() -> None:
-    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns)."""
-    main()
+    """The `alexnet-lightning` command (its exit status must not be the CLI object that main returns): 143 after a
+    SIGTERM, also one that came too late to stop the stage (say, in its last batch)."""
+    with Sigterm.recorded():
+        main()
+        Sigterm.exit_if_received("the command had finished")
 
 
 if __name__ == "__main__":

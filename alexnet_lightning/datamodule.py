@@ -6,8 +6,9 @@ The data root is one of:
 - the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
   ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` checks (MD5) and extracts on first use
   into ``<root>/train``, ``<root>/val`` and ``<root>/meta.bin``; the classes are the devkit's;
-- a prepared folder (``prepared.json`` and 256x256 uint8 shards, ``prepared.py``): the fast path, which
-  augments whole batches on the device instead of decoding and transforming files image by image.
+- a prepared folder (``prepared.json`` and 256x256 JPEG or uint8 shards, ``prepared.py``): the fast path, which
+  decodes small JPEGs in batches (on the GPU when training on one) and augments whole batches on the device instead
+  of decoding and transforming files image by image.
 
 Training batches are resumable: the sampler shuffles by (seed, epoch), each sample's augmentation is
 seeded by (seed, epoch, index), and the loader's position is saved in checkpoints, so a run resumed
@@ -28,14 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import scipy.io
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet, imagenet
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning import builtin, prepared
@@ -47,6 +47,8 @@ ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_de
 SPLITS = ("train", "val")
 # What PIL raises on a file it cannot decode: not an image, zero bytes, truncated, corrupt headers.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+# torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 
 
 class SkipUnreadable(Dataset):
@@ -133,7 +135,7 @@ def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
         return "prepared"
     if all((root / archive).is_file() for archive in ARCHIVES):
         return "archives"
-    if any((root / "train").glob("*.images.npy")):
+    if any((root / "train").glob("*.labels.npy")):
         raise FileNotFoundError(
             f"{root} holds prepared shards but no {root / 'prepared.json'}: the prepare did not finish; run "
             f"`python -m alexnet_lightning.prepared SOURCE {root}` again to complete it"
@@ -188,6 +190,23 @@ def _extract(root: Path, split: str) -> None:
             partial.rename(root / split)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_every_class_readable(dataset: ImageFolder, folder: Path) -> None:
+    """Raises, naming them, if class folders hold no image file or none that decodes: training and testing with a
+    class that has no images would silently change what the error rates measure."""
+    readable, reasons = set(), {}
+    for path, target in dataset.samples:
+        if target not in readable:
+            try:
+                dataset.loader(path)
+                readable.add(target)
+            except UNREADABLE as err:
+                reasons.setdefault(target, f"every file is unreadable, e.g. {path}: {err}")
+    bad = [f"{folder / name} ({reasons.get(target, 'no image file')})"
+           for target, name in enumerate(dataset.classes) if target not in readable]
+    if bad:
+        raise FileNotFoundError(f"Class folder(s) without a readable image: {'; '.join(bad)}")
 
 
 class _LogSkippedFiles(L.Callback):
@@ -248,6 +267,7 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting_rescale: Multiplies training images by 1 / (1 + lighting_std) after the noise, as cuda-convnet2
             does (``transforms.training_scale``); not in the paper, off by default.
         num_workers: Loader processes; ``None``: ``min(8, os.cpu_count())``.
+        persistent_workers: Keep the loader processes from one epoch to the next (with ``num_workers > 0``).
         statistics_images: Training images sampled (fixed seed) to compute the mean image and the RGB
             covariance on first use; the paper uses the whole training set, which a sample estimates
             closely at a fraction of the cost.
@@ -255,9 +275,12 @@ class ImageNetDataModule(L.LightningDataModule):
             values, the scale its LRN constants (k = 2, alpha = 1e-4) and N(0, 0.01) weights act on; at 1.0 (a
             deviation, the scale of most later code) alpha / n * sum(a^2) is negligible beside k and LRN is close to a
             constant factor.
-        prepared: A folder for the fast path: ``root`` is converted into 256x256 shards there on first use
-            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time) and
-            read from it instead of ``root``. Same distribution of inputs; no decoding while training.
+        prepared: A folder for the fast path: ``root`` is converted into 256x256 JPEG shards there on first use
+            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time, and can store
+            raw uint8) and read from it instead of ``root``. Same distribution of inputs.
+        decode: Where the images of JPEG shards are decoded: ``"workers"``, in the loader's processes on the CPU;
+            ``"device"``, batched on the batch's device after its transfer (nvjpeg on a GPU); ``"auto"``: on the
+            device when the trainer's is a GPU (``trainer.strategy.root_device``), else in the workers.
     """
 
     def __init__(
@@ -272,14 +295,29 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting_formula: Literal["cuda-convnet2", "printed"] = "cuda-convnet2",
         lighting_rescale: bool = False,
         num_workers: int | None = None,
+        persistent_workers: bool = True,
         statistics_images: int = 10_000,
         prepared: str | None = None,
         value_scale: float = 255.0,
+        decode: Literal["auto", "workers", "device"] = "auto",
     ) -> None:
         super().__init__()
+        for name, value, valid, allowed in (
+            ("batch_size", batch_size, batch_size >= 1, "at least 1"),
+            ("crop_size", crop_size, crop_size >= 1, "at least 1"),
+            ("resize_size", resize_size, resize_size >= 1, "at least 1"),
+            ("lighting_std", lighting_std, lighting_std >= 0, "at least 0"),
+            ("num_workers", num_workers, num_workers is None or num_workers >= 0, "at least 0"),
+            ("statistics_images", statistics_images, statistics_images >= 1, "at least 1"),
+            ("value_scale", value_scale, value_scale > 0, "positive"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         if lighting_formula not in LIGHTING_FORMULAS:
             raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
+        if decode not in ("auto", "workers", "device"):
+            raise ValueError(f"decode must be 'auto', 'workers' or 'device', got {decode!r}")
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else _layout(Path(root))
         if self.layout is None:
@@ -294,6 +332,18 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(f"--data.root {root} is already a prepared folder: leave out --data.prepared")
         self.skipped_files = torch.tensor(0)
         self.augmentation: prepared.BatchAugmentation | None = None
+        self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, kept in checkpoints."""
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_position": loader.state_dict()} if isinstance(loader, ResumableLoader) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning hands the training loader its position only when it resumes mid-epoch. From an epoch's end it
+        # creates the loader's iterator before it sets the sampler's epoch, and loader processes draw the first
+        # batches' indices as soon as the iterator exists: the resumed epoch would be shuffled as the first was.
+        self.train_position = state.get("train_position")
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = prepared.read_meta(root)
@@ -314,6 +364,11 @@ class ImageNetDataModule(L.LightningDataModule):
     def _reads_prepared(self) -> bool:
         return self.layout == "prepared" or self.hparams.prepared is not None
 
+    def _decodes_on_device(self) -> bool:
+        if self.hparams.decode != "auto":
+            return self.hparams.decode == "device"
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> SkipUnreadable:
         root = self.data_root()
         if self.layout == "archives":
@@ -328,7 +383,19 @@ class ImageNetDataModule(L.LightningDataModule):
                 )
             return SkipUnreadable(dataset)
         folder = root / split
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, allow_empty=True)
+        ignored: list[str] = []
+
+        def is_image(path: str) -> bool:
+            allowed = has_file_allowed_extension(path, IMAGE_EXTENSIONS)
+            if not allowed:
+                ignored.append(path)
+            return allowed
+
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image,
+                              allow_empty=True)
+        if ignored:
+            warnings.warn(f"Ignoring {len(ignored)} file(s) of {folder} without an image extension "
+                          f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {', '.join(ignored[:3])}", stacklevel=2)
         train_classes = find_classes(root / "train")[0]
         if dataset.classes != train_classes:
             raise ValueError(
@@ -336,17 +403,14 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"only in {split}: {sorted(set(dataset.classes) - set(train_classes))}, "
                 f"missing from {split}: {sorted(set(train_classes) - set(dataset.classes))}."
             )
-        images_per_class = np.bincount(dataset.targets, minlength=len(dataset.classes))
-        empty = [str(folder / name) for name, count in zip(dataset.classes, images_per_class, strict=True) if not count]
-        if empty:
-            raise FileNotFoundError(f"Class folder(s) without any image file: {', '.join(empty)}")
+        _check_every_class_readable(dataset, folder)
         return SkipUnreadable(dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:
         options = dict(
             batch_size=self.hparams.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
@@ -363,10 +427,14 @@ class ImageNetDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                    **(replicas or {}))
 
-        def progress() -> tuple[int, int]:
+        def position() -> tuple[int, int]:
             return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-        return ResumableLoader(dataset, sampler=sampler, progress=progress, **options)
+        loader = ResumableLoader(dataset, sampler=sampler, progress=position, **options)
+        if self.train_position is not None:
+            loader.load_state_dict(self.train_position)
+            self.train_position = None
+        return loader
 
     def statistics(self) -> Statistics:
         """The training set's mean image and RGB eigen-decomposition at ``resize_size``: loaded from the
@@ -417,8 +485,9 @@ class ImageNetDataModule(L.LightningDataModule):
             self.augmentation = prepared.BatchAugmentation(
                 mean, stats.eigval, stats.eigvec, crop, lighting_std, scale, **lighting
             )
-            self.train_set = prepared.PreparedSplit(root, "train")
-            self.val_set = self.test_set = prepared.PreparedSplit(root, "val")
+            in_workers = not self._decodes_on_device()
+            self.train_set = prepared.PreparedSplit(root, "train", decode=in_workers)
+            self.val_set = self.test_set = prepared.PreparedSplit(root, "val", decode=in_workers)
         else:
             if stage == "fit":
                 train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale, **lighting)
@@ -441,6 +510,16 @@ class ImageNetDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         crop = self.hparams.crop_size
         return self._loader(self.test_set, shuffle=False, image_shape=(10, 3, crop, crop))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Prepared batches: JPEG bytes (``prepared.Encoded``) are decoded on ``device``, and the augmentation seed
+        stays on the host, where ``on_after_batch_transfer`` reads it without waiting for the GPU."""
+        if self.augmentation is None:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        images, labels, skipped, seed = batch
+        if isinstance(images, prepared.Encoded):
+            images = images.decode(device)
+        return *super().transfer_batch_to_device((images, labels, skipped), device, dataloader_idx), seed
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Takes the skipped-file count off the batch (``_LogSkippedFiles`` logs it) and augments prepared

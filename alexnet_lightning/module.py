@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -43,14 +44,16 @@ class AlexNetModule(L.LightningModule):
         weight_decay: L2 weight decay, applied to every parameter as in the paper's update rule.
         lr_factor: the learning rate is multiplied by this at each reduction.
         lr_reductions: how many times the learning rate is reduced at most.
-        lr_schedule: "plateau" reduces it when the validation top-1 error stops improving (the paper);
-            "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
+        lr_schedule: "plateau" reduces it when the validation top-1 error stops improving (the paper), judged after
+            each validation; "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
         lr_patience: epochs without improvement of the validation top-1 error before a reduction ("plateau").
         lr_step_epochs: epochs between reductions ("step").
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
             channels-last memory order, which is faster for convolutions on many GPUs and CPUs.
-        compile: speed option (deviation, same results): torch.compile the network; needs a C++ compiler
-            (CPU) or Triton (GPU) at the first step.
+        compile: speed option (deviation, same results): torch.compile the network, LRN fused with the layers
+            around it (``network.lrn_by_ops``); needs a C++ compiler (CPU) or Triton (GPU) at the first step.
+        compile_mode: torch.compile's mode: "reduce-overhead" also replays the GPU's kernels as CUDA graphs,
+            "max-autotune" times kernel choices at the first step (both untested for speed; README, Speed options).
         network: the arguments of alexnet_lightning.network.AlexNet (lrn, towers, dropout, ...).
     """
 
@@ -66,11 +69,23 @@ class AlexNetModule(L.LightningModule):
         lr_step_epochs: int = 30,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         **network: Any,
     ):
         super().__init__()
         if lr_schedule not in ("plateau", "step"):
             raise ValueError(f"lr_schedule must be 'plateau' or 'step', got {lr_schedule!r}")
+        for name, value, valid, allowed in (
+            ("lr", lr, lr > 0, "positive"),
+            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "at least 0"),
+            ("lr_factor", lr_factor, 0 < lr_factor < 1, "in (0, 1)"),
+            ("lr_reductions", lr_reductions, lr_reductions >= 0, "at least 0"),
+            ("lr_patience", lr_patience, lr_patience >= 0, "at least 0"),
+            ("lr_step_epochs", lr_step_epochs, lr_step_epochs >= 1, "at least 1"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
@@ -110,7 +125,7 @@ class AlexNetModule(L.LightningModule):
         if self.hparams.channels_last:
             self.network.to(memory_format=torch.channels_last)
         if self.hparams.compile and not hasattr(self.network, "_orig_mod"):  # the hook may run more than once
-            self.network = torch.compile(self.network)
+            self.network = torch.compile(self.network, mode=self.hparams.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -147,7 +162,16 @@ class AlexNetModule(L.LightningModule):
         self._log_errors("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_errors("val")
+        top1_error = self._log_errors("val")
+        # The plateau schedule steps here rather than at the epoch's end, where Lightning steps it after the epoch's
+        # checkpoints are written (a run resumed from one would lose the step) and not at all in a resumed epoch.
+        fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+        if self.hparams.lr_schedule == "plateau" and top1_error is not None and fitting:
+            self.lr_schedulers().step(top1_error)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not isinstance(scheduler, ReduceLROnPlateau):  # stepped after each validation instead
+            scheduler.step()
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
@@ -161,13 +185,16 @@ class AlexNetModule(L.LightningModule):
         self._test_rows = []
         self._log_errors("test")
 
-    def _log_errors(self, stage: str) -> None:
+    def _log_errors(self, stage: str) -> torch.Tensor | None:
+        """Logs the stage's errors and returns its top-1 error (None if it saw no batch)."""
         metrics = getattr(self, f"{stage}_metrics")
         if not metrics["top1"].update_called:
-            return
-        for name, accuracy in metrics.compute().items():
-            self.log(f"{stage}/{name}_error", 1 - accuracy, prog_bar=name == "top1")
+            return None
+        errors = {name: 1 - accuracy for name, accuracy in metrics.compute().items()}
+        for name, error in errors.items():
+            self.log(f"{stage}/{name}_error", error, prog_bar=name == "top1")
         metrics.reset()
+        return errors["top1"]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

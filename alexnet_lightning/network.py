@@ -39,16 +39,31 @@ def local_response_norm(
     squared term (five times stronger), a deviation. The window never crosses from one tower's maps into the
     other's (each GPU normalised only the maps it held).
     Half-precision inputs are normalised in float32: in bfloat16, k + alpha / n * sum rounds to k.
+    Eager, the hand-written ``_LocalResponseNorm`` computes it; under torch.compile, ``lrn_by_ops``.
     """
     _check_choice("lrn_formula", formula, LRN_FORMULAS)
     per_term = alpha / size if formula == "cuda-convnet2" else alpha
+    lrn = lrn_by_ops if torch.compiler.is_compiling() else _LocalResponseNorm.apply
     if x.dtype in (torch.float16, torch.bfloat16):
-        return _LocalResponseNorm.apply(x.float(), size, per_term, beta, k, towers).to(x.dtype)
-    return _LocalResponseNorm.apply(x, size, per_term, beta, k, towers)
+        return lrn(x.float(), size, per_term, beta, k, towers).to(x.dtype)
+    return lrn(x, size, per_term, beta, k, towers)
+
+
+def lrn_by_ops(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
+    """``_LocalResponseNorm``'s values in plain tensor operations, left to autograd: the form torch.compile fuses. Its
+    backward comes from autograd, so the compiler chooses what to save and fuses both passes with the layers around
+    them; the Function's backward is written for eager execution (saved powers, buffers reused in place).
+    ``alpha`` is the weight of each squared term."""
+    squares = x.square().unflatten(1, (towers, -1))  # [N, towers, maps per tower, H, W]
+    maps = squares.shape[2]
+    padded = nn.functional.pad(squares, (0, 0, 0, 0, size // 2, (size - 1) // 2))  # zero maps past each tower's ends
+    window = sum(padded[:, :, j : j + maps] for j in range(size))
+    return x * (window.flatten(1, 2) * alpha + k).pow(-beta)
 
 
 def _window_sum(s: torch.Tensor, towers: int, before: int, after: int) -> torch.Tensor:
-    """Sum of s over maps i-before .. i+after of the same tower, by in-place shifted adds (no padded copies)."""
+    """Sum of s over maps i-before .. i+after of the same tower, by in-place shifted adds (no padded copies); the
+    result has s's memory format (channels-last stays channels-last)."""
     n, c, h, w = s.shape
     maps = s.reshape(n, towers, c // towers, h, w)
     total = maps.clone()
@@ -56,7 +71,7 @@ def _window_sum(s: torch.Tensor, towers: int, before: int, after: int) -> torch.
         total[:, :, j:] += maps[:, :, :-j]
     for j in range(1, after + 1):
         total[:, :, :-j] += maps[:, :, j:]
-    return total.view(n, c, h, w)
+    return total.reshape(n, c, h, w)
 
 
 class _LocalResponseNorm(torch.autograd.Function):
@@ -74,7 +89,6 @@ class _LocalResponseNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, towers: int) -> torch.Tensor:
-        x = x.contiguous()
         a = torch.mul(x, x)
         d = _window_sum(a, towers, size // 2, (size - 1) // 2).mul_(alpha).add_(k)
         if beta == 0.75:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def read(path: Path) -> dict[str, Any]:
     try:
         with np.load(path) as data:
             found = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a truncated file is a bad zip
         raise ValueError(f"Cannot read the outcome file {path}: {err}") from err
     missing = {"pred", "label", "top1_correct", "test_set", "test_files", "replicas"} - found.keys()
     if missing:

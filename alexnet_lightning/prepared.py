@@ -1,17 +1,26 @@
-"""The paper's "resize once" as a fast path: 256x256 uint8 shards, and augmentation of whole batches.
+"""The paper's "resize once" as a fast path: 256x256 shards, JPEG or raw, and augmentation of whole batches.
 
-    python -m alexnet_lightning.prepared SOURCE DEST [--size 256] [--shard-size 2048] [--workers N]
+    python -m alexnet_lightning.prepared SOURCE DEST [--encoding jpeg|raw] [--quality 90] [--size 256]
+                                         [--shard-size 2048] [--workers N]
 
 SOURCE is a data root as ``ImageNetDataModule`` takes it (an ImageFolder layout, or the ILSVRC-2012
-archives) or ``builtin``. For each split, DEST gets shards ``NNNNN.images.npy`` (uint8 [n, 3, size, size]:
-the central square exactly as ``transforms.rescale_and_centre`` makes it before its float conversion),
-``NNNNN.labels.npy`` (int64 [n]) and ``NNNNN.json`` (the unreadable files skipped), each written
-atomically, the json last. ``prepared.json`` is written when every shard is there: a folder without it is
-an unfinished prepare, which the same command resumes shard by shard. ImageNet's 1.28 M training
-images take about 250 GB.
+archives) or ``builtin``. Every image becomes its central square exactly as ``transforms.resize_and_centre``
+makes it, stored per split in shards of ``--shard-size`` images:
 
-Training then reads batches of uint8 images from memory-mapped shards (no decoding, no resizing) and
-``BatchAugmentation`` does the crop, mirror, mean subtraction and PCA lighting of the whole batch on
+- ``--encoding jpeg`` (the default): ``NNNNN.jpeg.npy``, the JPEG files (``--quality``, default 90, as FFCV
+  stores ImageNet) one after the other as uint8 bytes, and ``NNNNN.offsets.npy`` (int64 [n + 1]: file i is bytes
+  offsets[i] .. offsets[i + 1]); for ImageNet's 1.28 M training images an estimated 30 GB (FFCV stores them at
+  256 px on the longer side, quality 90, in about 22 GB);
+- ``--encoding raw``: ``NNNNN.images.npy``, uint8 [n, 3, size, size]; about 250 GB for ImageNet, for small sets.
+
+Beside them ``NNNNN.labels.npy`` (int64 [n]) and ``NNNNN.json`` (the unreadable files skipped), each written
+atomically, the json last. ``prepared.json`` is written when every shard is there: a folder without it is an
+unfinished prepare, which the same command resumes shard by shard. Folders of format 1 (raw only) are read as
+raw shards.
+
+Training then reads batches by index from memory-mapped shards; JPEG shards are decoded in the loader's
+workers on the CPU, or on the GPU (nvjpeg, batched) after the batch's transfer (``Encoded``).
+``BatchAugmentation`` then does the crop, mirror, mean subtraction and PCA lighting of the whole batch on
 the device the batch is on, with the reference transforms' values (``transforms.py``).
 """
 
@@ -19,57 +28,96 @@ import argparse
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning.progress import progress
 from alexnet_lightning.reliability import write_atomic
 from alexnet_lightning.transforms import lighting_weights, training_scale
 
-FORMAT = 1
+FORMAT = 2  # 2: JPEG or raw shards; 1: raw only, in the files of format 2's raw encoding
+ENCODINGS = ("jpeg", "raw")
 
 
 def _as_list(batch: list) -> list:
     return batch
 
 
-def prepare(source: str | None, dest: Path, size: int = 256, shard_size: int = 2048, workers: int = 0) -> Path:
+def _encoding(encoding: str, quality: int) -> dict:
+    """How the shards are stored, as recorded in prepared.json and in every shard's json."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"--encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be in 1 .. 100, got {quality}")
+    return {"encoding": "jpeg", "quality": quality} if encoding == "jpeg" else {"encoding": "raw"}
+
+
+def prepare(
+    source: str | None, dest: Path, size: int = 256, shard_size: int = 2048, workers: int = 0,
+    encoding: str = "jpeg", quality: int = 90,
+) -> Path:
     """Writes the shards of ``source`` (``None``: the built-in set) into ``dest``; returns ``dest``.
 
-    Shards already written by an earlier, interrupted call are kept.
+    Shards already written by an earlier, interrupted call are kept; they must have the same encoding.
     """
     from alexnet_lightning.datamodule import SPLITS, ImageNetDataModule
     from alexnet_lightning.transforms import resize_and_centre
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    stored = _encoding(encoding, quality)
     source_data = ImageNetDataModule(batch_size=1, root=source, resize_size=size, num_workers=0)
     if source_data.layout == "prepared":
         raise ValueError(f"{source} is already prepared")
-    meta = {"format": FORMAT, "size": size, "source": str(source_data.data_root().resolve()), "splits": {}}
+    meta = {"format": FORMAT, "size": size, **stored, "source": str(source_data.data_root().resolve()), "splits": {}}
+    transform = resize_and_centre(size)
+    if encoding == "jpeg":  # encoded in the loader's processes, in parallel
+        transform = v2.Compose([transform, partial(encode_jpeg, quality=quality)])
     for split in SPLITS:
-        dataset = source_data._dataset(split, resize_and_centre(size))
+        dataset = source_data._dataset(split, transform)
         # The folder names, which the labels index; ImageNet's ``classes`` are names, "crane" for two of them.
         meta["classes"] = getattr(dataset.folder, "wnids", dataset.folder.classes)
         folder = dest / split
         folder.mkdir(parents=True, exist_ok=True)
         shards = math.ceil(len(dataset) / shard_size)
-        todo = [k for k in range(shards) if not (folder / f"{k:05d}.json").is_file()]
+        done = {k: folder / f"{k:05d}.json" for k in range(shards) if (folder / f"{k:05d}.json").is_file()}
+        for path in done.values():
+            record = json.loads(path.read_text())  # format 1 wrote raw shards and no encoding
+            recorded = {key: record[key] for key in ("encoding", "quality") if key in record} or {"encoding": "raw"}
+            if recorded != stored:
+                raise ValueError(
+                    f"{path} is a shard of another encoding ({', '.join(map(str, recorded.values()))}) than this "
+                    f"prepare's ({', '.join(map(str, stored.values()))}): finish it with the same --encoding and "
+                    f"--quality, or prepare into another folder"
+                )
+        todo = [k for k in range(shards) if k not in done]
         batches = [list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size))) for k in todo]
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list)
         for k, indices, samples in progress(zip(todo, batches, loader), f"Preparing {split}", len(todo)):
             kept = [sample for sample in samples if sample is not None]
-            images = np.stack([image.numpy() for image, _ in kept]) if kept else np.empty((0, 3, size, size), np.uint8)
             labels = np.array([label for _, label in kept], np.int64)
             skipped = [dataset.folder.samples[i][0] for i, s in zip(indices, samples) if s is None]
-            write_atomic(folder / f"{k:05d}.images.npy", lambda f, a=images: np.save(f, a))
+            if encoding == "raw":
+                images = [image.numpy() for image, _ in kept]
+                images = np.stack(images) if images else np.empty((0, 3, size, size), np.uint8)
+                write_atomic(folder / f"{k:05d}.images.npy", lambda f, a=images: np.save(f, a))
+            else:
+                files = [data.numpy() for data, _ in kept]
+                offsets = np.cumsum([0] + [len(data) for data in files], dtype=np.int64)
+                data = np.concatenate(files) if files else np.empty(0, np.uint8)
+                write_atomic(folder / f"{k:05d}.jpeg.npy", lambda f, a=data: np.save(f, a))
+                write_atomic(folder / f"{k:05d}.offsets.npy", lambda f, a=offsets: np.save(f, a))
             write_atomic(folder / f"{k:05d}.labels.npy", lambda f, a=labels: np.save(f, a))
-            record = json.dumps({"images": len(kept), "skipped": skipped}).encode()
+            record = json.dumps({"images": len(kept), "skipped": skipped, **stored}).encode()
             write_atomic(folder / f"{k:05d}.json", lambda f, data=record: f.write(data))
         records = [json.loads((folder / f"{k:05d}.json").read_text()) for k in range(shards)]
         meta["splits"][split] = {
@@ -82,59 +130,97 @@ def prepare(source: str | None, dest: Path, size: int = 256, shard_size: int = 2
 
 
 def read_meta(root: Path) -> dict:
-    """The contents of ``root/prepared.json``, checked; errors name the file."""
+    """The contents of ``root/prepared.json``, checked, with its ``encoding``; errors name the file."""
     path = root / "prepared.json"
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read {path}: {err}") from err
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}; this version reads format {FORMAT}: prepare again")
-    return meta
+    if meta.get("format") not in (1, FORMAT):
+        raise ValueError(
+            f"{path} has format {meta.get('format')!r}; this version reads formats 1 and {FORMAT}: prepare again"
+        )
+    return {"encoding": "raw", **meta}
+
+
+class Encoded(NamedTuple):
+    """A batch of JPEG files: their bytes one after the other, and the offsets [B + 1] at which each starts.
+    What the loader hands over when the batch's device decodes it."""
+
+    data: Tensor
+    offsets: Tensor
+
+    def decode(self, device: torch.device | str = "cpu") -> Tensor:
+        """The images, uint8 [B, 3, S, S] on ``device``: batched on the GPU (nvjpeg) for a CUDA device, one by one
+        (libjpeg-turbo) on the CPU. The bytes stay on the host, where ``decode_jpeg`` reads them."""
+        bounds = self.offsets.tolist()
+        files = [self.data[start:end] for start, end in zip(bounds, bounds[1:])]
+        return torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB, device=device))
 
 
 class PreparedSplit(Dataset):
     """One split of a prepared folder. ``dataset[keys]`` with a list of keys gives a whole batch:
-    ``(images uint8 [B, 3, S, S], labels [B], skipped 0, seed)``. A key is an index, or a
-    ``(seed, epoch, index)`` triple from ``datamodule.ResumableSampler``, whose first key seeds the
-    batch's augmentation; plain indices give the seed -1 (no augmentation)."""
+    ``(images uint8 [B, 3, S, S], labels [B], skipped 0, seed)``, the images of JPEG shards as ``Encoded`` bytes
+    when ``decode`` is False. A key is an index, or a ``(seed, epoch, index)`` triple from
+    ``datamodule.ResumableSampler``, whose first key seeds the batch's augmentation; plain indices give the seed
+    -1 (no augmentation)."""
 
-    def __init__(self, root: Path, split: str) -> None:
+    def __init__(self, root: Path, split: str, decode: bool = True) -> None:
         self.folder = root / split
-        shards = read_meta(root)["splits"][split]["shards"]
-        self.files = [self.folder / f"{k:05d}.images.npy" for k in range(shards)]
-        missing = [str(f) for f in self.files if not f.is_file()]
+        meta = read_meta(root)
+        self.jpeg, self.decode = meta["encoding"] == "jpeg", decode
+        shards = meta["splits"][split]["shards"]
+        parts = ("jpeg", "offsets") if self.jpeg else ("images",)
+        self.files = [[self.folder / f"{k:05d}.{part}.npy" for part in parts] for k in range(shards)]
+        missing = [str(f) for files in self.files for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"Prepared shard(s) missing: {', '.join(missing)}")
         labels = [np.load(self.folder / f"{k:05d}.labels.npy") for k in range(shards)]
         self.labels = torch.from_numpy(np.concatenate(labels))
         self.starts = np.cumsum([0] + [len(part) for part in labels])
-        self.images: list[np.ndarray] | None = None  # memory maps, opened in the process that reads
+        self.shards: list[tuple[np.ndarray, ...]] | None = None  # memory maps, opened in the process that reads
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _open(self) -> list[np.ndarray]:
-        if self.images is None:
-            self.images = [np.load(f, mmap_mode="r") for f in self.files]
-            for f, images, start, end in zip(self.files, self.images, self.starts, self.starts[1:]):
-                if images.dtype != np.uint8 or images.ndim != 4 or len(images) != end - start:
-                    raise ValueError(f"{f} does not match its labels: prepare again")
-        return self.images
+    def _open(self) -> list[tuple[np.ndarray, ...]]:
+        if self.shards is None:
+            self.shards = [tuple(np.load(f, mmap_mode="r") for f in files) for files in self.files]
+            for files, arrays, start, end in zip(self.files, self.shards, self.starts, self.starts[1:]):
+                if self.jpeg:
+                    data, offsets = arrays
+                    fits = data.dtype == np.uint8 and len(offsets) == end - start + 1 and offsets[-1] == len(data)
+                else:
+                    fits = arrays[0].dtype == np.uint8 and arrays[0].ndim == 4 and len(arrays[0]) == end - start
+                if not fits:
+                    raise ValueError(f"{files[0]} does not match its labels: prepare again")
+        return self.shards
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[Tensor | Encoded, Tensor, Tensor, Tensor]:
         return self.__getitems__([key])
 
-    def __getitems__(self, keys: list) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        images = self._open()
+    def __getitems__(self, keys: list) -> tuple[Tensor | Encoded, Tensor, Tensor, Tensor]:
+        shards = self._open()
         indices = np.array([key[2] if isinstance(key, tuple) else key for key in keys])
-        shards = np.searchsorted(self.starts, indices, side="right") - 1
-        batch = np.stack([images[s][i - self.starts[s]] for s, i in zip(shards, indices)])
-        seed = sample_seed(*keys[0]) if isinstance(keys[0], tuple) else -1
-        return torch.from_numpy(batch), self.labels[indices], torch.tensor(0), torch.tensor(seed)
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        located = list(zip(shard_of.tolist(), (indices - self.starts[shard_of]).tolist()))
+        seed = torch.tensor(sample_seed(*keys[0]) if isinstance(keys[0], tuple) else -1)
+        labels = self.labels[indices]
+        if not self.jpeg:
+            return torch.from_numpy(np.stack([shards[s][0][i] for s, i in located])), labels, torch.tensor(0), seed
+        files = [shards[s][0][shards[s][1][i] : shards[s][1][i + 1]] for s, i in located]
+        offsets = np.cumsum([0] + [len(f) for f in files], dtype=np.int64)
+        batch = Encoded(torch.from_numpy(np.concatenate(files)), torch.from_numpy(offsets))
+        if not self.decode:
+            return batch, labels, torch.tensor(0), seed
+        try:
+            return batch.decode(), labels, torch.tensor(0), seed
+        except RuntimeError as err:
+            names = sorted({str(self.files[s][0]) for s, _ in located})
+            raise ValueError(f"Cannot decode an image of {', '.join(names)} ({err}): prepare again") from err
 
     def __getstate__(self) -> dict:  # loader processes open their own memory maps
-        return {**self.__dict__, "images": None}
+        return {**self.__dict__, "shards": None}
 
 
 def sample_seed(*keys: int) -> int:
@@ -143,11 +229,12 @@ def sample_seed(*keys: int) -> int:
 
 
 class BatchAugmentation:
-    """The reference pipeline (``transforms.TrainPreset`` / ``EvalPreset``) on whole uint8 batches.
+    """The reference pipeline (``transforms.TrainPreset`` / ``EvalPreset``) on whole uint8 batches, in whole-batch
+    tensor operations: a handful of kernels per batch on a GPU, whatever the batch size.
 
-    The mean and the eigenvectors move to the batch's device once. Per-image random choices come from a
-    generator seeded by the batch's seed; they have the reference's distribution: crop offsets uniform
-    on 0 .. S - crop, mirror with p = 0.5, alpha_i ~ N(0, lighting_std).
+    The mean moves to the batch's device once. Per-image random choices come from a generator seeded by the
+    batch's seed, drawn on the host (the same on any device); they have the reference's distribution: crop
+    offsets uniform on 0 .. S - crop, mirror with p = 0.5, alpha_i ~ N(0, lighting_std).
     """
 
     def __init__(
@@ -158,18 +245,21 @@ class BatchAugmentation:
         self.weights, self.eigvec = lighting_weights(eigval, lighting_formula), eigvec
         self.crop, self.lighting_std, self.value_scale = crop_size, lighting_std, value_scale
         self.train_scale = training_scale(value_scale, lighting_std, lighting_rescale)
+        self.mean_pixels: Tensor | None = None  # ``_with_reversed`` of the mean image, on the batches' device
+        self.scratch: dict[str, Tensor] = {}  # buffers reused by every batch: no fresh memory for intermediates
 
     @staticmethod
     def _scaled(x: Tensor, scale: float) -> Tensor:
         return x.mul_(scale) if scale != 1 else x
 
-    def _to(self, device: torch.device) -> None:
+    def _mean_on(self, device: torch.device) -> Tensor:
         if self.mean.device != device:
-            self.mean, self.weights, self.eigvec = (t.to(device) for t in (self.mean, self.weights, self.eigvec))
+            self.mean = self.mean.to(device)
+            self.mean_pixels = None
+        return self.mean
 
     def _centred(self, images: Tensor) -> Tensor:
-        self._to(images.device)
-        return F.to_dtype(images, torch.float32, scale=True) - self.mean
+        return F.to_dtype(images, torch.float32, scale=True).sub_(self._mean_on(images.device))
 
     def sample(self, batch: int, side: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Offsets (top, left), mirror flags and lighting coefficients alpha [B, 3] for a batch."""
@@ -184,31 +274,39 @@ class BatchAugmentation:
         return self.apply(images, top, left, flip, alpha if self.lighting_std is not None else None)
 
     def apply(self, images: Tensor, top: Tensor, left: Tensor, flip: Tensor, alpha: Tensor | None) -> Tensor:
-        """Crops image i at (top[i], left[i]), mirrors it if flip[i] and adds the lighting of alpha[i].
+        """Crops image i at (top[i], left[i]), mirrors it if flip[i] and adds the lighting of alpha[i]; ``top``,
+        ``left``, ``flip`` and ``alpha`` are on the host.
 
-        The reference's operations in its order (to float, scale, subtract the mean, crop, mirror, lighting),
-        written in place into one float batch: cropping and mirroring commute with the pixelwise steps.
+        The reference's operations (to float, scale, subtract the mean, crop, mirror, lighting, scale) on the whole
+        batch, with the values of the reference's order: the mirrored or plain crops of the uint8 images are one
+        gather from their pixels forwards and reversed (``_crops``), those of the mean image too (its reversed pixels
+        made once); the rest is elementwise.
         """
-        self._to(images.device)
-        c, per_pixel = self.crop, self.mean.shape[-1] > 1
-        windows = [(slice(t, t + c), slice(s, s + c), m) for t, s, m in zip(top.tolist(), left.tolist(), flip.tolist())]
-        x = torch.empty(len(images), 3, c, c, device=images.device)
-        for i, (rows, cols, mirror) in enumerate(windows):
-            crop = images[i, :, rows, cols]
-            x[i] = crop.flip(-1) if mirror else crop  # uint8 to float32 in the copy
-        x.mul_(1 / 255)  # what to_dtype(..., scale=True) does after its conversion
-        if not per_pixel:
-            x.sub_(self.mean)
-        for i, (rows, cols, mirror) in enumerate(windows if per_pixel else []):
-            mean = self.mean[:, rows, cols]
-            x[i].sub_(mean.flip(-1) if mirror else mean)
-        if alpha is not None:
-            x += self._lighting(alpha)[..., None, None]
+        c, device, side = self.crop, images.device, images.shape[-1]
+        lighting = None if alpha is None else (alpha.to(self.weights) * self.weights) @ self.eigvec.T  # [B, 3]
+        top, left, flip, lighting = _to_device(device, top, left, flip, lighting)
+        image, shape = torch.arange(len(images), device=device), (len(images), 3, c, c)
+        pixels = _with_reversed(images.reshape(-1), self._scratch("pixels", (2 * images.numel(),), images))
+        crops = _crops(pixels, side, image, top, left, flip, c, self._scratch("crops", shape, images))
+        x = F.to_dtype(crops, torch.float32, scale=True)
+        mean = self._mean_on(device)
+        if mean.shape[-1] == 1:  # a channel mean
+            x.sub_(mean)
+        else:
+            if self.mean_pixels is None:
+                self.mean_pixels = _with_reversed(mean.reshape(-1))
+            x.sub_(_crops(self.mean_pixels, side, torch.zeros_like(image), top, left, flip, c,
+                          self._scratch("mean crops", shape, x)))
+        if lighting is not None:
+            x += lighting[..., None, None]
         return self._scaled(x, self.train_scale)
 
-    def _lighting(self, alpha: Tensor) -> Tensor:
-        """eigvec @ (alpha_i * weights) for every image: [B, 3] (``transforms.lighting_weights``)."""
-        return (alpha.to(self.weights) * self.weights) @ self.eigvec.T
+    def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The buffer ``name``, of ``like``'s dtype and device."""
+        buffer = self.scratch.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.scratch[name] = like.new_empty(shape)
+        return buffer
 
     def centre(self, images: Tensor) -> Tensor:
         return self._scaled(F.center_crop(self._centred(images), [self.crop, self.crop]), self.value_scale)
@@ -219,16 +317,47 @@ class BatchAugmentation:
         return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1), self.value_scale)
 
 
+def _with_reversed(pixels: Tensor, out: Tensor | None = None) -> Tensor:
+    """The pixels, then the same reversed: in the second half every row of every image reads mirrored."""
+    return torch.cat([pixels, pixels.flip(0)], out=out)
+
+
+def _crops(
+    pixels: Tensor, side: int, image: Tensor, top: Tensor, left: Tensor, flip: Tensor, crop: int, out: Tensor
+) -> Tensor:
+    """Into ``out`` [B, 3, crop, crop]: the crop at (top[i], left[i]) of image image[i] of the [N, 3, side, side]
+    images whose ``_with_reversed`` pixels are ``pixels``, mirrored where flip[i]. One ``index_select`` of runs of
+    crop pixels from an overlapping view of the pixels: whole runs are copied, about as fast as slicing."""
+    channel, line = torch.arange(3, device=pixels.device), torch.arange(crop, device=pixels.device)
+    start = ((image[:, None, None] * 3 + channel[:, None]) * side + top[:, None, None] + line) * side  # [B, 3, crop]
+    start = start + left[:, None, None]
+    # Pixels p + crop - 1 down to p, mirrored, are the run at 2 total - p - crop, in the reversed half.
+    start = torch.where(flip[:, None, None], len(pixels) - start - crop, start)
+    runs = pixels.as_strided((len(pixels) - crop + 1, crop), (1, 1))  # run k: pixels k .. k + crop - 1
+    return torch.index_select(runs, 0, start.flatten(), out=out.view(-1, crop)).view(out.shape)
+
+
+def _to_device(device: torch.device, *tensors: Tensor | None) -> list[Tensor | None]:
+    """Small host tensors on ``device``; to a GPU from pinned memory without waiting for it (a copy from pageable
+    memory would wait for the GPU's queue to drain every batch)."""
+    if device.type != "cuda":
+        return [t if t is None else t.to(device) for t in tensors]
+    return [t if t is None else t.pin_memory().to(device, non_blocking=True) for t in tensors]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="data root (ImageFolder train/, val/; or the ILSVRC-2012 archives) or builtin")
     parser.add_argument("dest", type=Path, help="folder for the shards")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
+                        help="jpeg: about 1/10 of raw for photos, decoded while training; raw: uint8 arrays")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (FFCV's ImageNet: 90)")
     parser.add_argument("--size", type=int, default=256, help="side of the stored central square (the paper: 256)")
     parser.add_argument("--shard-size", type=int, default=2048, help="images per shard file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     args = parser.parse_args(argv)
     source = None if args.source == "builtin" else args.source
-    dest = prepare(source, args.dest, args.size, args.shard_size, args.workers)
+    dest = prepare(source, args.dest, args.size, args.shard_size, args.workers, args.encoding, args.quality)
     meta = read_meta(dest)
     for split, info in meta["splits"].items():
         print(f"{split}: {info['images']} images in {info['shards']} shards, {len(info['skipped'])} unreadable skipped")

@@ -6,9 +6,11 @@ Read by experiments/ablate.py, experiments/compare.py and notebooks/ablation_rep
 """
 
 import csv
+import io
 import json
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 from alexnet_lightning import outcomes
 from alexnet_lightning.diagnostics import INERT_WITHIN
 from alexnet_lightning.inference import METHOD, compare_variants
+from alexnet_lightning.reliability import locked, write_atomic
 from alexnet_lightning.variants import VARIANTS, get_variant
 
 METRICS = ("top1", "top5")
@@ -232,16 +235,17 @@ def diagnostics_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """ablation.md, .json and .csv, each written atomically: a reader sees the old table or the new one."""
     paths = {kind: out_dir / f"ablation.{kind}" for kind in ("md", "csv", "json")}
-    paths["md"].write_text(to_markdown(rows))
     finite = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
-    paths["json"].write_text(json.dumps(finite, indent=2))
-    with paths["csv"].open("w", newline="") as f:
-        fields = list(dict.fromkeys(key for r in rows for key in r)) or ["variant"]  # the baseline has no change
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    fields = list(dict.fromkeys(key for r in rows for key in r)) or ["variant"]  # the baseline has no change
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    texts = {"md": to_markdown(rows), "json": json.dumps(finite, indent=2), "csv": table.getvalue()}
+    for kind, text in texts.items():
+        write_atomic(paths[kind], lambda f, text=text: f.write(text.encode()))
     return paths
 
 
@@ -282,7 +286,7 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
     if curves:
         axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths["curves"], dpi=100)
+    write_atomic(paths["curves"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
     plt.close(fig)
 
     ablations = [r for r in rows if r["variant"] != "baseline"]
@@ -312,52 +316,84 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle("Ablations against the paper: change with its 95% interval", fontsize=10)
     fig.tight_layout()
-    fig.savefig(paths["deltas"], dpi=100)
+    write_atomic(paths["deltas"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return paths
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A cell's result.json (runs/<variant>/seed<k>/result.json), checked; the error names the file."""
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError("it holds no JSON object")
+        missing = [k for k in ("variant", "seed", "val/top1_error", "test/top1_error") if k not in result]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        if (result["variant"], f"seed{result['seed']}") != (path.parent.parent.name, path.parent.name):
+            raise ValueError(f"it holds the result of {result['variant']} seed {result['seed']}")
+        if not all(isinstance(v, (int, float)) for k, v in result.items() if k.startswith(("val/", "test/"))):
+            raise ValueError("it holds an error rate that is not a number")
+    except (OSError, ValueError) as err:  # a JSONDecodeError is a ValueError
+        raise ValueError(f"The result {path} is damaged: {err}") from err
+    return result
+
+
 def load_study(study_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict]]]:
-    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves."""
+    """The finished runs of a study folder written by experiments/ablate.py, and their learning curves. A damaged
+    result is left out with a warning that names it."""
     results, curves = [], defaultdict(list)
     for result_file in sorted(study_dir.glob("runs/*/seed*/result.json")):
-        result = json.loads(result_file.read_text())
+        try:
+            result = read_result(result_file)
+        except ValueError as err:
+            warnings.warn(f"{err}; left out of the table. Rerun experiments/ablate.py to test the cell again.",
+                          stacklevel=2)
+            continue
         results.append(result)
         curves[result["variant"]].append(read_curves(sorted(result_file.parent.glob("csv/attempt*/metrics.csv"))))
     return results, dict(curves)
 
 
 def load_outcomes(study_dir: Path, results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
-    """{variant: {seed: outcome file}} of the finished cells that have one, checked: each agrees with its cell's
-    result.json (its top-1 error, within the padding a data-parallel test adds) and all were tested on the same
-    ordered images (the same test-set hash and labels). A ValueError names the file that disagrees."""
+    """{variant: {seed: outcome file}} of the finished cells that have one, checked: each must agree with its cell's
+    result.json (its top-1 error, within the padding a data-parallel test adds) and have been tested on the images,
+    in the order, of the first (the same test-set hash and labels). A file that is damaged or fails a check is left
+    out, with a warning that names it: its cell then has no interval."""
     found: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     reference: tuple[Path, dict[str, Any]] | None = None
     for r in results:
         path = study_dir / "runs" / r["variant"] / f"seed{r['seed']}" / outcomes.FILE
         if not path.is_file():
             continue
-        o = outcomes.read(path)
-        error = 1 - float(o["top1_correct"].mean()) if len(o["top1_correct"]) else math.nan
-        tolerance = 1e-6 + (o["replicas"] - 1) / max(1, len(o["top1_correct"]))
-        if "test/top1_error" in r and not abs(error - r["test/top1_error"]) <= tolerance:
-            raise ValueError(f"{path} gives a top-1 error of {error:.6f}, its cell's result.json "
-                             f"{r['test/top1_error']:.6f}: the file does not belong to that result")
-        if reference is None:
-            reference = path, o
-        elif o["test_set"] != reference[1]["test_set"] or not np.array_equal(o["label"], reference[1]["label"]):
-            raise ValueError(f"{path} and {reference[0]} were tested on different images or in a different order "
-                             f"(test-set hashes {o['test_set'] or '?'} and {reference[1]['test_set'] or '?'}): "
-                             "their cells cannot be compared image by image")
+        try:
+            o = outcomes.read(path)
+            error = 1 - float(o["top1_correct"].mean()) if len(o["top1_correct"]) else math.nan
+            tolerance = 1e-6 + (o["replicas"] - 1) / max(1, len(o["top1_correct"]))
+            if "test/top1_error" in r and not abs(error - r["test/top1_error"]) <= tolerance:
+                raise ValueError(f"{path} gives a top-1 error of {error:.6f}, its cell's result.json "
+                                 f"{r['test/top1_error']:.6f}: the file does not belong to that result")
+            if reference is not None and (o["test_set"] != reference[1]["test_set"]
+                                          or not np.array_equal(o["label"], reference[1]["label"])):
+                raise ValueError(f"{path} and {reference[0]} were tested on different images or in a different order "
+                                 f"(test-set hashes {o['test_set'] or '?'} and {reference[1]['test_set'] or '?'})")
+        except ValueError as err:
+            warnings.warn(f"{err}; left out of the intervals.", stacklevel=2)
+            continue
+        reference = reference or (path, o)
         found[r["variant"]][int(r["seed"])] = o
     return dict(found)
 
 
 def write_report(study_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Build the tables and plots of a study folder; returns the Markdown tables and the written paths."""
-    results, curves = load_study(study_dir)
-    rows = summarise(results, load_outcomes(study_dir, results))
-    paths = write_tables(rows, study_dir)
-    if rows:
-        paths |= plot(rows, curves, study_dir)
+    """Build the tables and plots of a study folder; returns the Markdown tables and the written paths.
+
+    One process at a time, so that of cells finishing together, the report written last holds them all.
+    """
+    with locked(study_dir / ".report.lock"):
+        results, curves = load_study(study_dir)
+        rows = summarise(results, load_outcomes(study_dir, results))
+        paths = write_tables(rows, study_dir)
+        if rows:
+            paths |= plot(rows, curves, study_dir)
     return to_markdown(rows), paths

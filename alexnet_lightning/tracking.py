@@ -22,7 +22,8 @@ def wandb_offline() -> bool:
 
 class FallbackWandbLogger(WandbLogger):
     """A WandbLogger that goes on offline, with one warning, when W&B cannot be reached online (no network, a bad
-    key, a server that does not answer) within `init_timeout` seconds. Takes WandbLogger's arguments.
+    key, a server that does not answer) within `init_timeout` seconds, under the same run id and resume settings.
+    Takes WandbLogger's arguments.
 
     After a fallback, the later loggers of the process (the cells of an ablation study) go offline at once, without
     another wait or warning.
@@ -32,7 +33,13 @@ class FallbackWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._wandb_init.setdefault("settings", {"init_timeout": init_timeout})
+        # The CLI passes every argument of wandb.init, settings=None among them: wandb's own init_timeout is 90 s.
+        settings = self._wandb_init.get("settings") or {}
+        if isinstance(settings, dict):
+            settings = {**settings, "init_timeout": init_timeout}
+        else:  # a wandb.Settings
+            settings.init_timeout = init_timeout
+        self._wandb_init["settings"] = settings
 
     @property
     def experiment(self) -> Any:
@@ -47,6 +54,11 @@ class FallbackWandbLogger(WandbLogger):
                         stacklevel=2,
                     )
                     FallbackWandbLogger.unreachable = True
+                    # The failed online run keeps its id in wandb's service process, where an offline run with the
+                    # same id would be refused ("run ID ... is in use"): a fresh service for the offline run.
+                    import wandb
+
+                    wandb.teardown()
             self._offline = True
         if self._offline:  # WandbLogger sets WANDB_MODE, which wandb reads once, at its first use in the process
             self._wandb_init["mode"] = "offline"

@@ -11,22 +11,34 @@ on which its LRN constants and initialisation act); the paper divides by no stan
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+# PIL's modes of 16-bit grayscale: "I" is how it opens 16-bit PGM (and some PNG and TIFF) files.
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decodes an image file to 3-channel RGB.
 
-    Grayscale and CMYK convert to RGB; an alpha channel is composited onto white so that the colour
-    hidden under transparent pixels (often garbage) never reaches the network. PIL's
-    ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file raises ``OSError`` instead of
-    decoding half an image.
+    Grayscale, 1-bit, palette and CMYK convert to RGB; an alpha channel is composited onto white so that the colour
+    hidden under transparent pixels (often garbage) never reaches the network. 16-bit grayscale (PNG, TIFF, PGM) is
+    scaled to 8 bits, 65535 to 255 (PIL's own conversion clips it at 255: a white image); floating-point pixels
+    (mode F) have no white level and raise ``ValueError``. Files of several frames (animated GIF, TIFF) give their
+    first. The EXIF orientation is ignored, as torchvision's loader and ImageNet's tools ignore it: a file gives its
+    pixels as stored. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file raises ``OSError``
+    instead of decoding half an image.
     """
     with Image.open(path) as image:
+        if image.mode in SIXTEEN_BIT:
+            pixels = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+            return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+        if image.mode == "F":
+            raise ValueError("floating-point pixels (mode F) have no white level")
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -8,10 +8,13 @@ each with ten crops, and prints the table beside the paper's numbers. Results go
     python experiments/ablate.py --preset paper --data-root /data/imagenet --no-lrn --no-overlap
     python experiments/ablate.py --variant no_lrn --seed 1      # one cell (a cluster job or a W&B sweep agent)
 
-Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint.
+Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint. Cells of one study
+may run at the same time (a cluster array): a cell that another process is running is skipped. SIGTERM stops the
+runner with status 143 after a checkpoint, or after the result of the cell it came in.
 """
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -26,8 +29,8 @@ from alexnet_lightning import builtin, outcomes
 from alexnet_lightning import cli as alexnet_cli
 from alexnet_lightning.diagnostics import TRAIN_ERROR_TARGET, cell_diagnostics
 from alexnet_lightning.module import LEGACY_READINGS, readings
-from alexnet_lightning.reliability import check_writable, write_atomic
-from alexnet_lightning.report import read_curves, write_report
+from alexnet_lightning.reliability import Sigterm, check_writable, locked, resume_checkpoint, write_atomic
+from alexnet_lightning.report import read_curves, read_result, write_report
 from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
@@ -76,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.data_root is not None and not args.data_root.exists():
         parser.error(f"--data-root {args.data_root} does not exist")
     for path in args.extra_configs:
@@ -108,6 +113,29 @@ def base_configs(args: argparse.Namespace) -> list[Path]:
     if args.strategy != "default":
         paths.append(STRATEGIES[args.strategy])
     return paths
+
+
+def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
+    overlay = [CONFIGS / "ablations" / f"{variant}.yaml"] if get_variant(variant).overrides else []
+    return base_configs(args) + overlay
+
+
+def check_cells(args: argparse.Namespace) -> None:
+    """Builds each selected variant's model, data module and trainer from its configs, so that a bad value stops the
+    study here, naming the option, before any data is read or generated."""
+    settings = ["--trainer.logger", "false"]
+    if args.epochs is not None:
+        settings += ["--trainer.max_epochs", str(args.epochs)]
+    if args.data_root:
+        settings += ["--data.root", str(args.data_root)]
+    for variant in dict.fromkeys(variant for variant, _ in cells(args)):
+        try:
+            alexnet_cli.main([*(a for p in variant_configs(args, variant) for a in ("--config", str(p))), *settings],
+                             run=False)
+        except ValueError as err:
+            raise SystemExit(f"error: {err} (the configs of {variant}: "
+                             f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err
+        gc.collect()  # the CLI's objects hold each other, and a whole network, in reference cycles
 
 
 def data_fingerprint(root: Path | None) -> str:
@@ -144,21 +172,44 @@ def study_identity(args: argparse.Namespace) -> dict[str, Any]:
         "preset": args.preset,
         "base_config": config,
         "readings": readings(config.get("model") or {}, config.get("data") or {}),
-        "epochs": args.epochs,
+        "epochs": args.epochs if args.epochs is not None else config.get("trainer", {}).get("max_epochs"),
         "data_root": str(args.data_root.resolve()) if args.data_root else None,
         "data_fingerprint": data_fingerprint(args.data_root),
     }
 
 
+def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
+    """A study's recorded identity; a damaged file stops the study with an error that names it."""
+    try:
+        recorded = json.loads(study_file.read_text())
+        if isinstance(recorded, dict):  # written before the readings were recorded: the printed formulas
+            recorded.setdefault("readings", LEGACY_READINGS)
+        missing = keys - set(recorded) if isinstance(recorded, dict) else keys
+        if missing:
+            raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+        if recorded["epochs"] is None:  # written before the epochs were resolved: the base config's
+            recorded["epochs"] = recorded["base_config"].get("trainer", {}).get("max_epochs")
+    except (OSError, ValueError, AttributeError) as err:
+        raise SystemExit(
+            f"error: the study file {study_file} is damaged ({err}). It records the config, epochs and data the "
+            f"study's cells were trained with: restore it, or use --study with a new name. Removing it makes this "
+            f"run's config the study's, which is right only if its finished cells were trained with it."
+        ) from err
+    return recorded
+
+
 def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The study folder; refuses one written by a different config, before any training."""
+    """The study folder; refuses one written by a different config, before any training. The study file is created
+    whole or not at all, once: of cells of a new study started together, one writes it and the others compare."""
     study_dir = args.results / args.study
     identity = study_identity(args)
     study_file = study_dir / "study.json"
-    if study_file.exists():
-        recorded = json.loads(study_file.read_text())
-        recorded.setdefault("readings", LEGACY_READINGS)
-        changed = sorted(k for k in identity if recorded.get(k) != identity[k])
+    try:
+        write_atomic(study_file, lambda f: f.write(json.dumps(identity, indent=2).encode()), "study file",
+                     exclusive=True)
+    except FileExistsError:
+        recorded = read_study(study_file, set(identity))
+        changed = sorted(k for k in identity if recorded[k] != identity[k])
         if changed:
             why = ""
             if "readings" in changed:
@@ -167,10 +218,7 @@ def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
             raise SystemExit(
                 f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}).{why} "
                 f"Use --study with a new name, or remove {study_dir}."
-            )
-    else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        study_file.write_text(json.dumps(identity, indent=2))
+            ) from None
     return study_dir, identity | {"code_version": code_version()}
 
 
@@ -204,19 +252,29 @@ def run_id(study: str, variant: str, seed: int) -> str:
 
 def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
     cell_dir = study_dir / "runs" / variant / f"seed{seed}"
-    if (cell_dir / "result.json").exists():
-        print(f"[{variant} seed {seed}] finished earlier: skipped")
-        return
-    last = cell_dir / "checkpoints" / "last.ckpt"
+    with locked(cell_dir / ".cell.lock", wait=False) as mine:
+        if not mine:
+            print(f"[{variant} seed {seed}] running in another process: skipped")
+            return
+        if (cell_dir / "result.json").exists():
+            try:
+                read_result(cell_dir / "result.json")
+            except ValueError as err:
+                print(f"[{variant} seed {seed}] {err}: the cell runs again")
+            else:
+                print(f"[{variant} seed {seed}] finished earlier: skipped")
+                return
+        train_cell(args, cell_dir, identity, variant, seed)
+
+
+def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any], variant: str, seed: int) -> None:
+    """Trains (or resumes) the cell, validates and tests it, and writes its result."""
+    last = resume_checkpoint(cell_dir / "checkpoints")
     attempt = len(list((cell_dir / "csv").glob("attempt*")))
-    cell_dir.mkdir(parents=True, exist_ok=True)
     cell_file = cell_dir / "cell.yaml"
     cell_file.write_text(yaml.safe_dump(cell_config(args, cell_dir, variant, seed, attempt), sort_keys=False))
-    configs = base_configs(args)
-    if get_variant(variant).overrides:
-        configs.append(CONFIGS / "ablations" / f"{variant}.yaml")
-    configs.append(cell_file)
-    print(f"[{variant} seed {seed}] {'resuming from ' + str(last) if last.exists() else 'training'}; configs: "
+    configs = [*variant_configs(args, variant), cell_file]
+    print(f"[{variant} seed {seed}] {'resuming from ' + str(last) if last else 'training'}; configs: "
           + " ".join(str(p) for p in configs))
     cli = alexnet_cli.main([a for p in configs for a in ("--config", str(p))], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
@@ -229,8 +287,12 @@ def run_cell(args: argparse.Namespace, study_dir: Path, identity: dict[str, Any]
         allow_val_change=True,
     )
     check_writable(trainer)
-    trainer.fit(model, data, ckpt_path=str(last) if last.exists() else None)  # SIGTERM: exits 143, see reliability
+    trainer.fit(model, data, ckpt_path=str(last) if last else None)  # SIGTERM: exits 143, see reliability
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not validated:  # the fit had ended in an earlier run, which stopped before the cell's result was written
+        loggers, trainer.loggers = trainer.loggers, []  # not a point of the learning curves
+        validated = {k: v for k, v in trainer.validate(model, data)[0].items() if k.startswith("val/")}
+        trainer.loggers = loggers
     diagnosed = diagnose(cell_dir, trainer, args.train_error_target)
     tested = trainer.test(model, data)[0]
     keep_outcomes(cell_dir, trainer, model, data)
@@ -261,14 +323,18 @@ def keep_outcomes(cell_dir: Path, trainer: Any, model: Any, data: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    study_dir, identity = open_study(args)
-    todo = cells(args)
-    print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
-    for variant, seed in todo:
-        run_cell(args, study_dir, identity, variant, seed)
-    table, paths = write_report(study_dir)
-    print("\n" + table)
-    print("written: " + ", ".join(str(p) for p in paths.values()))
+    check_cells(args)
+    with Sigterm.recorded():  # between trainer stages, a SIGTERM waits for the next cell boundary
+        study_dir, identity = open_study(args)
+        todo = cells(args)
+        print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
+        for variant, seed in todo:
+            Sigterm.exit_if_received(f"the cells before {variant} seed {seed} are finished")
+            run_cell(args, study_dir, identity, variant, seed)
+        table, paths = write_report(study_dir)
+        print("\n" + table)
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+        Sigterm.exit_if_received("every cell is finished and the report written")
     return 0
 
 

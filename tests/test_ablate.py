@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
 from torchvision.datasets import ImageFolder
 
@@ -83,7 +84,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
     assert "No per-image outcome files" in out and f"{no_lrn['top1_delta']:+.2f} (no interval)" in out
 
     # Re-running trains nothing new.
-    monkeypatch.setattr(ablate.alexnet_cli, "main", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(ablate, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
     assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
     assert capsys.readouterr().out.count("finished earlier: skipped") == 4
 
@@ -100,7 +101,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
     study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
     cell = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     cell.mkdir(parents=True)
-    (cell / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, cell / "last.ckpt")
     seen = {}
 
     class Stop(Exception):

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -47,6 +49,17 @@ def test_paper_config_resolves_to_the_paper_network(tmp_path):
     assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90
 
 
+def test_the_gpu_config_adds_the_speed_options_to_the_paper_run(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
+    cli = main([*QUICK[:2], "--config", str(REPO / "configs/gpu.yaml"), "--trainer.default_root_dir", str(tmp_path)],
+               run=False)
+    assert cli.trainer.precision == "bf16-mixed" and torch.backends.cudnn.benchmark
+    assert cli.model.hparams.channels_last and cli.model.hparams.compile
+    assert cli.model.hparams.lr == 0.01 and cli.trainer.max_epochs == 90  # the paper's run otherwise
+
+
 @pytest.mark.parametrize(
     "args, named",
     [(["--model.bogus", "1"], "bogus"),
@@ -85,7 +98,9 @@ def test_impossible_values_fail_before_any_data_is_read_naming_the_option(args, 
 def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tiny_overlay, tmp_path, capfd):
     from alexnet_lightning.progress import LogLines
 
-    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+    # Without the statistics that other tests cached beside the data: computed here, with a line.
+    data = shutil.copytree(tiny_imagefolder, tmp_path / "data", ignore=shutil.ignore_patterns("alexnet_stats_*"))
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(data),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "true"]
     fit = main(["fit", *common, "--trainer.max_epochs", "2"])  # pytest's captured output is not a terminal
     assert isinstance(fit.trainer.progress_bar_callback, LogLines)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.network import local_response_norm
+from alexnet_lightning.network import LocalResponseNorm, _LocalResponseNorm, local_response_norm, lrn_by_ops
 
 
 def plain_lrn(x: torch.Tensor, towers: int, n=5, k=2.0, per_term=1e-4 / 5, beta=0.75) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_freed_memory_is_kept_for_reuse_after_keep_freed_memory():
 
     script = """
 import os, sys, torch
-from alexnet_lightning.cli import keep_freed_memory
+from alexnet_lightning.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def resident():
@@ -119,3 +119,84 @@ print((resident() - before) // 2**20)
 
     assert kept_mb("default") < 64
     assert any(kept_mb("keep") > 200 for _ in range(3))
+
+
+def test_keep_freed_memory_hands_glibc_values_that_a_c_int_holds(monkeypatch):
+    """mallopt takes C ints: 1 << 36 arrived as 0, a trim threshold of 0 that returned the top of the heap at every
+    free, so that the next batch-sized tensor paid page faults for all its pages again."""
+    import ctypes
+
+    from alexnet_lightning import memory
+
+    received = {}
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int)
+    def mallopt(option: int, value: int) -> int:  # what glibc's mallopt sees
+        received[option] = value
+        return 1
+
+    libc = type("Libc", (), {"mallopt": mallopt})
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    assert memory.keep_freed_memory()
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    assert received == {m_mmap_threshold: 2**30, m_trim_threshold: 2**31 - 1}
+
+
+def value_and_gradient(lrn, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_()
+    y = lrn(x)
+    y.backward(grad)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_by_ops_has_the_values_and_gradients_of_the_fast_lrn(towers, beta):
+    """The form torch.compile fuses, left to autograd, against the hand-written Function, in float64."""
+    x = torch.randn(2, 12, 4, 4, dtype=torch.float64) * 30
+    grad = torch.randn_like(x)
+    fast = value_and_gradient(lambda a: _LocalResponseNorm.apply(a, 5, 1e-4 / 5, beta, 2.0, towers), x, grad)
+    ops = value_and_gradient(lambda a: lrn_by_ops(a, 5, 1e-4 / 5, beta, 2.0, towers), x, grad)
+    torch.testing.assert_close(ops[0], fast[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(ops[1], fast[1], rtol=1e-10, atol=1e-12)
+
+
+def test_the_fast_lrn_keeps_channels_last():
+    """A channels-last network stays channels-last through LRN (no layout copies before and after it)."""
+    x = torch.randn(2, 16, 5, 5).relu() * 30
+    grad = torch.randn_like(x)
+    y, dx = value_and_gradient(lambda a: local_response_norm(a, towers=2), x, grad)
+    last = x.contiguous(memory_format=torch.channels_last)
+    y_last, dx_last = value_and_gradient(lambda a: local_response_norm(a, towers=2), last, grad)
+    assert y_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_last, y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx_last, dx, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_lrn_is_made_of_plain_ops_with_the_values_and_gradients_of_the_fast_lrn(monkeypatch):
+    from alexnet_lightning import network
+
+    traced = []
+    monkeypatch.setattr(network, "lrn_by_ops", lambda *args: traced.append(1) or lrn_by_ops(*args))
+    torch._dynamo.reset()
+    layer = LocalResponseNorm(towers=2)
+    x = (torch.randn(4, 16, 5, 5).relu() * 30).requires_grad_()
+    y = torch.compile(layer)(x)
+    assert traced  # the compiler saw the plain ops, which it fuses, not the hand-written Function
+    y.square().sum().backward()
+    grad, x.grad = x.grad, None
+    y0 = _LocalResponseNorm.apply(x, 5, 1e-4 / 5, 0.75, 2.0, 2)
+    y0.square().sum().backward()
+    torch.testing.assert_close(y, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-4)
+    traced.clear()
+    layer(x)
+    assert not traced  # eager: the Function
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
+    small_module(compile=True, compile_mode="reduce-overhead").configure_model()
+    assert calls == [{"mode": "reduce-overhead"}]

@@ -131,6 +131,10 @@ def test_a_file_that_is_not_an_outcome_file_is_named(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="Cannot read the outcome file .*bad.npz"):
         outcomes.read(tmp_path / "bad.npz")
+    outcomes.write(tmp_path / "cut.npz", rows_of(50), "abc", 50, 1)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:100])  # a copy cut short
+    with pytest.raises(ValueError, match="Cannot read the outcome file .*cut.npz"):
+        outcomes.read(tmp_path / "cut.npz")
     np.savez(tmp_path / "other.npz", pred=np.zeros(3))
     with pytest.raises(ValueError, match=r"other.npz is not an outcome file: it lacks \['label'"):
         outcomes.read(tmp_path / "other.npz")

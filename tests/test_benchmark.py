@@ -1,0 +1,55 @@
+"""experiments/benchmark.py runs where the GPU machines run it: without jsonargparse and wandb, which the CLI and the
+ablation study need but a bare torch + Lightning image lacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+BLOCKER = "import sys\nsys.modules['jsonargparse'] = sys.modules['wandb'] = None  # importing them fails\n"
+
+
+def without_jsonargparse_and_wandb(tmp_path) -> dict[str, str]:
+    """An environment whose Python processes (and theirs) cannot import jsonargparse or wandb."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+
+
+def test_the_benchmark_imports_without_jsonargparse_and_wandb(tmp_path):
+    env = without_jsonargparse_and_wandb(tmp_path)
+    blocked = subprocess.run([sys.executable, "-c", "import alexnet_lightning.cli"], env=env, capture_output=True,
+                             text=True)
+    assert blocked.returncode != 0 and "jsonargparse" in blocked.stderr  # the environment does block them
+    run = subprocess.run([sys.executable, "experiments/benchmark.py", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "--parts" in run.stdout
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_end_to_end_at_tiny_sizes(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "experiments/benchmark.py", "--images", "24", "--classes", "4", "--batch", "8",
+         "--core-images", "16", "--workers", "2", "--steps", "fp32", "fp32+no-lrn", "--iters", "2", "--fit-skip", "1",
+         "--json", str(out)],
+        cwd=REPO, env=without_jsonargparse_and_wandb(tmp_path), capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and len(report["machine"]["load_average"]) == 3
+    shards = report["prepared"]
+    assert shards["jpeg_to_raw"] < 0.35 and shards["psnr"]["images"] == 24 and shards["psnr"]["min_db"] > 30
+    assert len(report["one_core"]) == 4 and len(report["loader"]) == 2  # no GPU-decoding row on the CPU
+    for part in ("one_core", "loader", "step"):
+        for name, row in report[part].items():
+            assert "error" not in row, (name, row)
+    assert set(report["step"]) == {"fp32", "fp32+no-lrn"} and 0 < report["lrn_over_no_lrn"]["fp32"] < 2
+    assert report["fit"]["timed_images"] == 16 and report["fit"]["images_per_s"] > 0  # 3 steps of 8, 1 untimed
+    for row in (*report["loader"].values(), *report["step"].values(), report["fit"]):
+        assert row["paper_90_epochs_h"] == pytest.approx(90 * 1_281_167 / row["images_per_s"] / 3600)
+    assert "training step of the paper network" in run.stdout and "fit (Lightning" in run.stdout
