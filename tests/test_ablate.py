@@ -124,6 +124,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
      (["--variant", "no_lrm"], "unknown variant 'no_lrm'"),
      (["--data-root", "/nonexistent/imagenet"], "--data-root /nonexistent/imagenet does not exist"),
      (["--seeds", "0"], "--seeds must be at least 1"),
+     (["--train-error-target", "25"], "--train-error-target must be a fraction between 0 and 1, got 25.0"),
      (["--no-split", "--strategy", "towers"], "--strategy towers needs two towers; no_split has one")],
 )
 def test_bad_input_fails_before_training(argv, message, capsys):

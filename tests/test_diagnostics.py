@@ -1,5 +1,7 @@
 """The diagnostics that make a row of the ablation table interpretable, each against an independent computation."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -17,6 +19,8 @@ from alexnet_lightning.diagnostics import (
 )
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.network import AlexNet, LocalResponseNorm
+from alexnet_lightning.strategy import TowerParallelStrategy
+from tests.test_strategy import BATCH, EXACT, data, join, spawn, trainer
 
 K_BETA = 2.0**0.75
 
@@ -112,3 +116,30 @@ def test_the_callback_measures_at_the_first_step_and_at_each_epoch_end(tmp_path)
     restored = Diagnostics()
     restored.load_state_dict(callback.state_dict())
     assert restored.summary() == summary
+
+
+def _towers_worker(rank: int, world_size: int, port: int, optimisation: dict, folder: Path) -> None:
+    join(rank, world_size, port)
+    torch.manual_seed(0)
+    callback = Diagnostics()
+    run = trainer(world_size, 1, strategy=TowerParallelStrategy(), callbacks=[callback])
+    run.fit(AlexNetModule(**optimisation, **EXACT), data(BATCH), data(BATCH))
+    torch.save(callback.summary(), folder / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_under_the_two_tower_strategy_the_factors_are_the_whole_layers(paper_optimisation, tmp_path):
+    torch.manual_seed(0)
+    callback = Diagnostics()
+    trainer(1, 1, callbacks=[callback]).fit(AlexNetModule(**paper_optimisation, **EXACT), data(BATCH, shuffled=True),
+                                            data(BATCH))
+    spawn(_towers_worker, 2, paper_optimisation, tmp_path)
+    def excess(summary: dict) -> dict:  # the factors' excess over k^beta, small on these unit-scale images
+        return {k: v - K_BETA for k, v in summary.items() if "_lrn_factor_" in k}
+
+    expected = excess(callback.summary())
+    assert len(expected) == 4 and all(v > 1e-6 for v in expected.values())
+    for rank in range(2):  # each tower measures its half of the maps; averaged, they are the whole layer's
+        towers = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert excess(towers) == pytest.approx(expected, rel=1e-3)
+        assert towers["diag/lrn_inert"] is callback.summary()["diag/lrn_inert"]
