@@ -19,7 +19,7 @@ import numpy as np
 
 from alexnet_lightning import outcomes
 from alexnet_lightning.diagnostics import INERT_WITHIN
-from alexnet_lightning.inference import METHOD, compare_variants
+from alexnet_lightning.inference import METHOD, Change, compare_variants
 from alexnet_lightning.reliability import locked, write_atomic
 from alexnet_lightning.variants import VARIANTS, get_variant
 
@@ -64,7 +64,7 @@ def summarise(
     return rows
 
 
-def _changes(outcomes: dict[str, dict[int, dict[str, Any]]], m: str) -> dict[str, Any]:
+def _changes(outcomes: dict[str, dict[int, dict[str, Any]]], m: str) -> dict[str, Change]:
     errors = {v: {s: ~o[f"{m}_correct"] for s, o in seeds.items() if f"{m}_correct" in o}
               for v, seeds in outcomes.items()}
     errors = {v: seeds for v, seeds in errors.items() if seeds}
@@ -72,7 +72,7 @@ def _changes(outcomes: dict[str, dict[int, dict[str, Any]]], m: str) -> dict[str
     return compare_variants(baseline, errors) if baseline and errors else {}
 
 
-def _change_fields(m: str, change: Any, runs: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any]:
+def _change_fields(m: str, change: Change | None, runs: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any]:
     if change is not None:
         return {
             f"{m}_delta": change.delta, f"{m}_low": change.low, f"{m}_high": change.high, f"{m}_p": change.p,

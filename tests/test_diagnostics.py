@@ -116,6 +116,10 @@ def test_the_callback_measures_at_the_first_step_and_at_each_epoch_end(tmp_path)
     restored = Diagnostics()
     restored.load_state_dict(callback.state_dict())
     assert restored.summary() == summary
+    early = Diagnostics()  # checkpointed in the first epoch, before the start was averaged at the epoch's end
+    early._measured["start"] = dict(initial)
+    early.load_state_dict(early.state_dict())
+    assert early.start == initial
 
 
 def _towers_worker(rank: int, world_size: int, port: int, optimisation: dict, folder: Path) -> None:
