@@ -288,18 +288,18 @@ class BatchAugmentation:
         image, shape = torch.arange(len(images), device=device), (len(images), 3, c, c)
         pixels = _with_reversed(images.reshape(-1), self._scratch("pixels", (2 * images.numel(),), images))
         crops = _crops(pixels, side, image, top, left, flip, c, self._scratch("crops", shape, images))
-        x = F.to_dtype(crops, torch.float32, scale=True)
+        x = crops.to(torch.float32)  # in uint8 units until the last step: the reference's 1 / 255 folded into it
         mean = self._mean_on(device)
         if mean.shape[-1] == 1:  # a channel mean
-            x.sub_(mean)
+            x.sub_(mean * 255)
         else:
             if self.mean_pixels is None:
-                self.mean_pixels = _with_reversed(mean.reshape(-1))
+                self.mean_pixels = _with_reversed(mean.reshape(-1) * 255)
             x.sub_(_crops(self.mean_pixels, side, torch.zeros_like(image), top, left, flip, c,
                           self._scratch("mean crops", shape, x)))
         if lighting is not None:
-            x += lighting[..., None, None]
-        return self._scaled(x, self.train_scale)
+            x += lighting[..., None, None] * 255
+        return self._scaled(x, self.train_scale / 255)
 
     def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """The buffer ``name``, of ``like``'s dtype and device."""

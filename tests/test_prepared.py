@@ -169,7 +169,8 @@ def test_batch_augmentation_equals_the_reference_operations_image_by_image(batch
         torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval.sqrt(), eigvec), rtol=0, atol=1e-6)
     # Validation and test: exactly EvalPreset's centre crop and ten crops.
     raw = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1, value_scale=255).apply(images, top, left, flip, alpha)
-    assert torch.equal(raw, out * 255)  # the paper's raw pixel scale: the same values times 255
+    # The paper's raw pixel scale: the same values times 255 (computed in uint8 units, to float32 rounding)
+    torch.testing.assert_close(raw, out * 255, rtol=0, atol=1e-4)
     subtract_mean = EvalPreset(mean, RESIZE, CROP).prepare.transforms[1]
     centre, crops = augmentation.centre(images), augmentation.ten_crops(images)
     for i in range(6):
@@ -209,7 +210,7 @@ def test_no_lighting_and_channel_mean():
     for i in range(4):
         x = F.crop(F.to_dtype(images[i], torch.float32, scale=True) - mean.mean((1, 2)).view(3, 1, 1),
                    top[i], left[i], CROP, CROP)
-        assert torch.equal(out[i], F.horizontal_flip(x) if flip[i] else x)
+        torch.testing.assert_close(out[i], F.horizontal_flip(x) if flip[i] else x, rtol=0, atol=1e-6)
 
 
 def test_resumable_sampler_continues_the_same_permutation():
