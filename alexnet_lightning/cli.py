@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from alexnet_lightning.datamodule import ImageNetDataModule
+from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.diagnostics import Diagnostics
 from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alexnet_lightning.data.transforms import lighting_weights
 from alexnet_lightning.network import LocalResponseNorm
-from alexnet_lightning.transforms import lighting_weights
 
 # A layer counts as inert when its mean factor is within this fraction of k^beta, at the start and at the end of
 # training. Every unit's factor is at least k^beta, so a mean excess of 2% bounds the mean relative difference

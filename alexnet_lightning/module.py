@@ -13,7 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_lightning import outcomes
-from alexnet_lightning.datamodule import ImageNetDataModule
+from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.network import AlexNet
 
 # Which reading of each mechanism a run was trained with, where the printed paper and the authors' code differ

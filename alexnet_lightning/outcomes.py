@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from alexnet_lightning.data.prepared import read_meta
 from alexnet_lightning.reliability import write_atomic
 
 FILE = "outcomes.npz"
@@ -67,13 +68,11 @@ def test_set_fingerprint(dataset: Dataset) -> str | None:
     files of a prepared split. None for another kind of dataset."""
     digest = hashlib.sha256()
     folder = getattr(dataset, "folder", None)
-    if hasattr(folder, "samples"):  # datamodule.SkipUnreadable over an ImageFolder or torchvision's ImageNet
+    if hasattr(folder, "samples"):  # sources.SkipUnreadable over an ImageFolder or torchvision's ImageNet
         root = Path(folder.root)
         for path, label in folder.samples:
             digest.update(f"{Path(path).relative_to(root).as_posix()}\t{label}\n".encode())
     elif hasattr(dataset, "labels") and isinstance(folder, Path):  # prepared.PreparedSplit
-        from alexnet_lightning.prepared import read_meta
-
         meta = read_meta(folder.parent)
         digest.update(f"{meta['source']}\n{meta['splits'][folder.name]['skipped']}\n".encode())
         digest.update(dataset.labels.numpy().tobytes())

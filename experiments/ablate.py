@@ -25,13 +25,14 @@ from typing import Any
 
 import yaml
 
-from alexnet_lightning import builtin, outcomes
 from alexnet_lightning import cli as alexnet_cli
+from alexnet_lightning import outcomes
+from alexnet_lightning.data import builtin
+from alexnet_lightning.data.sources import cache_dir
 from alexnet_lightning.diagnostics import TRAIN_ERROR_TARGET, cell_diagnostics
 from alexnet_lightning.module import LEGACY_READINGS, readings
 from alexnet_lightning.reliability import Sigterm, check_writable, locked, resume_checkpoint, write_atomic
 from alexnet_lightning.report import read_curves, read_result, write_report
-from alexnet_lightning.statistics import cache_dir
 from alexnet_lightning.tracking import wandb_offline
 from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
 

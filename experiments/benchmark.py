@@ -5,7 +5,7 @@ a table, and JSON with --json.
                                     [--steps fp32 fp32+no-lrn ...] [--json results.json]
 
 0. Unless only the step is asked for: generates an ImageNet-shaped set in a temporary folder (--images photo-like
-   JPEG files of 300-500 x 250-450 pixels, about ILSVRC-2012's 400x350 on average, quality 90, in --classes class
+   JPEG files of 300-500 x 250-450 pixels, about ILSVRC-2012's 400x350 on average, about 110 KB each, in --classes class
    folders, one validation image per class), prepares it as JPEG shards (the default) and as raw uint8 shards, and
    reports their disk use (du) and the PSNR of the JPEG shards against the raw ones.
 1. one-core: training images per second on one core (no loader workers, one torch thread) for a classic PIL
@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as classic
 
-from alexnet_lightning import prepared
-from alexnet_lightning.datamodule import ImageNetDataModule
+from alexnet_lightning.data import prepared
+from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.memory import keep_freed_memory
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.network import AlexNet, LocalResponseNorm

@@ -18,7 +18,7 @@ def paper_optimisation() -> dict:
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory) -> Path:
     """A reduced built-in dataset (10 of its classes, 6 train and 3 val images each) in the ImageFolder layout."""
-    from alexnet_lightning import builtin
+    from alexnet_lightning.data import builtin
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     builtin.generate(root, seed=0, train_per_class=6, val_per_class=3, classes=builtin.CLASSES[:10])
@@ -56,8 +56,8 @@ def tiny_overlay(tmp_path) -> Path:
 @pytest.fixture
 def no_data_reads(monkeypatch):
     """Fails the test if the data module reads data (prepares, sets up, computes statistics or generates the set)."""
-    from alexnet_lightning import builtin
-    from alexnet_lightning.datamodule import ImageNetDataModule
+    from alexnet_lightning.data import builtin
+    from alexnet_lightning.data.datamodule import ImageNetDataModule
 
     def read(*args, **kwargs):
         raise AssertionError("data was read")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torchvision.datasets import imagenet
 
-from alexnet_lightning import prepared
 from alexnet_lightning.cli import main
-from alexnet_lightning.datamodule import ImageNetDataModule
-from alexnet_lightning.transforms import resize_and_centre
+from alexnet_lightning.data import prepared
+from alexnet_lightning.data.datamodule import ImageNetDataModule
+from alexnet_lightning.data.sources import resize_and_centre
 from tests.archives import COLOURS, label_of_colour, write_archives
 from tests.test_cli import QUICK
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alexnet_lightning import builtin
+from alexnet_lightning.data import builtin
 
 
 def file_hashes(root: Path) -> dict[str, str]:

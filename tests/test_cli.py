@@ -3,8 +3,8 @@ import shutil
 import pytest
 import torch
 
-from alexnet_lightning import builtin
 from alexnet_lightning.cli import main
+from alexnet_lightning.data import builtin
 from tests.conftest import REPO
 
 QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]

@@ -14,9 +14,9 @@ from PIL import Image
 from torch.utils.data import RandomSampler
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning import builtin, statistics
-from alexnet_lightning.datamodule import ImageNetDataModule, ResumableSampler, collate_skipping_unreadable
-from alexnet_lightning.transforms import load_rgb, rescale_and_centre
+from alexnet_lightning.data import builtin, statistics
+from alexnet_lightning.data.datamodule import ImageNetDataModule, ResumableSampler
+from alexnet_lightning.data.sources import collate_skipping_unreadable, load_rgb, rescale_and_centre
 
 RESIZE, CROP = 24, 20
 

@@ -13,10 +13,11 @@ SCRIPTS = {
     "benchmark": (REPO / "experiments" / "benchmark.py", "Throughput"),
     "benchmark_model_parallel": (REPO / "experiments" / "benchmark_model_parallel.py", "two-tower layout"),
 }
-MODULES = {
-    "alexnet_lightning.prepared": "resize once",
-    "alexnet_lightning.statistics": "mean image",
-    "alexnet_lightning.builtin": "stand-in",
+DATA_COMMANDS = {  # python -m alexnet_lightning.data [command] --help
+    "": "builtin,statistics,prepare",
+    "prepare": "resize once",
+    "statistics": "mean image",
+    "builtin": "stand-in",
 }
 
 
@@ -36,10 +37,11 @@ def test_every_script_renders_its_help(name, capsys, monkeypatch):
     assert words in out and "usage:" in out
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_every_module_command_renders_its_help(module, capsys, monkeypatch):
-    out = help_text(lambda: runpy.run_module(module, run_name="__main__"), capsys, monkeypatch, [module, "--help"])
-    assert MODULES[module] in out and "usage:" in out
+@pytest.mark.parametrize("command", DATA_COMMANDS)
+def test_every_data_command_renders_its_help(command, capsys, monkeypatch):
+    argv = ["alexnet_lightning.data", *([command] if command else []), "--help"]
+    out = help_text(lambda: runpy.run_module("alexnet_lightning.data", run_name="__main__"), capsys, monkeypatch, argv)
+    assert DATA_COMMANDS[command] in out and "usage: python -m alexnet_lightning.data" in out
 
 
 @pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])
@@ -55,7 +57,7 @@ def test_the_cli_and_its_subcommands_render_their_help_and_describe_the_project(
 
 
 def test_the_cache_follows_xdg_unless_its_own_variable_is_set(monkeypatch, tmp_path):
-    from alexnet_lightning.statistics import cache_dir
+    from alexnet_lightning.data.sources import cache_dir
 
     monkeypatch.delenv("ALEXNET_LIGHTNING_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

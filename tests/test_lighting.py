@@ -6,8 +6,7 @@ options."""
 import pytest
 import torch
 
-from alexnet_lightning.prepared import BatchAugmentation
-from alexnet_lightning.transforms import TrainPreset
+from alexnet_lightning.data.transforms import BatchAugmentation, TrainPreset
 
 SIDE, CROP, DRAWS = 8, 6, 6000
 EIGVAL = torch.tensor([0.04, 0.01, 0.0025], dtype=torch.float64)  # [0, 1]-scale variances along the eigenvectors

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import ImageFolder
 
 from alexnet_lightning import outcomes
-from alexnet_lightning.datamodule import SkipUnreadable
+from alexnet_lightning.data.sources import SkipUnreadable
 from alexnet_lightning.module import AlexNetModule
 from tests.test_strategy import free_port, join
 

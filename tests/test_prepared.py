@@ -12,17 +12,11 @@ from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning import prepared
-from alexnet_lightning.datamodule import ImageNetDataModule, ResumableSampler, SkipUnreadable
-from alexnet_lightning.prepared import BatchAugmentation, Encoded, PreparedSplit
-from alexnet_lightning.transforms import (
-    EvalPreset,
-    TrainPreset,
-    load_rgb,
-    pca_lighting,
-    resize_and_centre,
-    ten_crop,
-)
+from alexnet_lightning.data import prepared
+from alexnet_lightning.data.datamodule import ImageNetDataModule, ResumableSampler
+from alexnet_lightning.data.prepared import Encoded, PreparedSplit
+from alexnet_lightning.data.sources import SkipUnreadable, load_rgb, resize_and_centre
+from alexnet_lightning.data.transforms import BatchAugmentation, EvalPreset, TrainPreset, pca_lighting, ten_crop
 from tests.test_datamodule import CROP, RESIZE, make_folder
 
 

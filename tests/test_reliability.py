@@ -584,7 +584,7 @@ def exif_rotated(path) -> None:
 
 
 def test_odd_image_files_decode_to_their_rgb_or_are_skipped_naming_the_file(tmp_path, monkeypatch):
-    from alexnet_lightning.datamodule import ImageNetDataModule
+    from alexnet_lightning.data.datamodule import ImageNetDataModule
 
     for split in ("train", "val"):
         for name, (write, _) in ODD_FILES.items():
@@ -608,7 +608,7 @@ def test_odd_image_files_decode_to_their_rgb_or_are_skipped_naming_the_file(tmp_
 
 
 def test_a_class_folder_without_a_readable_image_stops_before_training_naming_it(tiny_imagefolder, tmp_path):
-    from alexnet_lightning.datamodule import ImageNetDataModule
+    from alexnet_lightning.data.datamodule import ImageNetDataModule
 
     root = shutil.copytree(tiny_imagefolder, tmp_path / "data")
     broken = sorted(path for path in (root / "train").iterdir() if path.is_dir())[3]

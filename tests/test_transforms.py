@@ -5,15 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_lightning.statistics import PUBLISHED_EIGVAL, PUBLISHED_EIGVEC
-from alexnet_lightning.transforms import (
+from alexnet_lightning.data.sources import load_rgb, rescale_and_centre
+from alexnet_lightning.data.statistics import PUBLISHED_EIGVAL, PUBLISHED_EIGVEC
+from alexnet_lightning.data.transforms import (
     EvalPreset,
     PCALighting,
     TrainPreset,
     lighting_weights,
-    load_rgb,
     pca_lighting,
-    rescale_and_centre,
     ten_crop,
 )
 

@@ -15,7 +15,6 @@ Every image is drawn from its own seed derived from (seed, split, class, index),
 gives the same files. The set is generated on first use into the cache folder.
 """
 
-import argparse
 import math
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alexnet_lightning.statistics import cache_dir
+from alexnet_lightning.data.sources import cache_dir
 
 SHAPES = ("circle", "ellipse", "semicircle", "crescent", "square", "rhombus", "bar", "trapezoid", "kite", "triangle",
           "pentagon", "hexagon", "star", "cross", "ell", "arrow")
@@ -166,7 +165,7 @@ def generate(
 def ensure(
     seed: int = 0, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS, cache: Path | None = None
 ) -> Path:
-    """The dataset's folder in the cache (default: ``statistics.cache_dir()``), generated on first use.
+    """The dataset's folder in the cache (default: ``sources.cache_dir()``), generated on first use.
 
     Generation writes into a temporary folder and renames it into place, so an interrupted run is
     never mistaken for a finished one.
@@ -187,17 +186,3 @@ def ensure(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return final
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Generates the built-in dataset and prints its folder."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
-    parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
-    args = parser.parse_args(argv)
-    print(ensure(args.seed, args.train_per_class, args.val_per_class))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,10 @@
-"""ImageNet (or the built-in stand-in) as a LightningDataModule, with the paper's pipeline.
+"""ImageNet (or the built-in stand-in) as a LightningDataModule, with the paper's pipeline: the last step of
+``sources.py`` → ``builtin.py`` → ``statistics.py`` → ``transforms.py`` → ``prepared.py`` → here.
 
-The data root is one of:
-- ``None``: the built-in stand-in (``builtin.py``), generated on first use into the cache folder;
-- an ImageFolder layout, ``<root>/train/<class>/<image>`` and ``<root>/val/<class>/<image>``;
-- the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
-  ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` checks (MD5) and extracts on first use
-  into ``<root>/train``, ``<root>/val`` and ``<root>/meta.bin``; the classes are the devkit's;
-- a prepared folder (``prepared.json`` and 256x256 JPEG or uint8 shards, ``prepared.py``): the fast path, which
-  decodes small JPEGs in batches (on the GPU when training on one) and augments whole batches on the device instead
-  of decoding and transforming files image by image.
+The data root is ``None`` (the built-in stand-in, generated on first use into the cache folder), an ImageFolder
+layout, the ILSVRC-2012 archives, or a prepared folder (``sources.layout``). From a prepared folder (the fast path)
+small JPEGs are decoded in batches (on the GPU when training on one) and whole batches are augmented on the device
+(``transforms.BatchAugmentation``) instead of decoding and transforming files image by image.
 
 Training batches are resumable: the sampler shuffles by (seed, epoch), each sample's augmentation is
 seeded by (seed, epoch, index), and the loader's position is saved in checkpoints, so a run resumed
@@ -17,74 +13,23 @@ mid-epoch sees the batches an uninterrupted run would have seen.
 ImageNet's test labels are not public, so the test split is the validation folder, with ten crops.
 """
 
-import io
 import os
-import shutil
-import struct
-import tarfile
-import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import scipy.io
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
-from torchvision.datasets import DatasetFolder, ImageFolder, ImageNet, imagenet
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning import builtin, prepared
+from alexnet_lightning.data import builtin, prepared, sources
+from alexnet_lightning.data.statistics import Statistics, load_or_compute
+from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalPreset, TrainPreset
 from alexnet_lightning.progress import progress
-from alexnet_lightning.statistics import Statistics, load_or_compute
-from alexnet_lightning.transforms import LIGHTING_FORMULAS, EvalPreset, TrainPreset, load_rgb, rescale_and_centre
-
-ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
-SPLITS = ("train", "val")
-# What PIL raises on a file it cannot decode: not an image, zero bytes, truncated, corrupt headers.
-UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
-# torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
-IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
-
-
-class SkipUnreadable(Dataset):
-    """An image folder whose unreadable files give ``None``, with a warning naming the file."""
-
-    def __init__(self, folder: DatasetFolder) -> None:
-        self.folder = folder
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[Tensor, int] | None:
-        if isinstance(index, tuple):  # (seed, epoch, index) from ResumableSampler: seed this sample's augmentation
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(prepared.sample_seed(*index))
-                return self[index[2]]
-        try:
-            return self.folder[index]
-        except UNREADABLE as err:
-            warnings.warn(f"Skipping unreadable image {self.folder.samples[index][0]}: {err}", stacklevel=2)
-            return None
-
-
-def collate_skipping_unreadable(
-    batch: list[tuple[Tensor, int] | None], image_shape: tuple[int, ...]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Stacks the readable samples and appends the number of unreadable files dropped from the batch.
-
-    A batch of only unreadable files gives empty [0, *image_shape] images and [0] labels.
-    """
-    samples = [sample for sample in batch if sample is not None]
-    skipped = torch.tensor(len(batch) - len(samples))
-    if not samples:
-        return torch.empty(0, *image_shape), torch.empty(0, dtype=torch.int64), skipped
-    images, labels = default_collate(samples)
-    return images, labels, skipped
 
 
 class ResumableSampler(DistributedSampler):
@@ -125,88 +70,6 @@ class ResumableLoader(DataLoader):
 def _as_batch(batch: Any) -> Any:
     """The collate function of prepared splits, which read whole batches themselves."""
     return batch
-
-
-def _layout(root: Path) -> Literal["archives", "folders", "prepared"]:
-    """Which kind of data root ``root`` is; raises, naming the path, if it is none of them."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"Data root {root} does not exist or is not a folder.")
-    if (root / "prepared.json").is_file():
-        return "prepared"
-    if all((root / archive).is_file() for archive in ARCHIVES):
-        return "archives"
-    if any((root / "train").glob("*.labels.npy")):
-        raise FileNotFoundError(
-            f"{root} holds prepared shards but no {root / 'prepared.json'}: the prepare did not finish; run "
-            f"`python -m alexnet_lightning.prepared SOURCE {root}` again to complete it"
-        )
-    missing = [str(root / split) for split in SPLITS if not (root / split).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"Data root {root} is neither an ImageFolder layout (train/<class>/<image> and "
-            f"val/<class>/<image>; missing {', '.join(missing)}) nor a folder with the ILSVRC-2012 "
-            f"archives ({', '.join(ARCHIVES)})."
-        )
-    return "folders"
-
-
-def _devkit_wnids(root: Path) -> list[str]:
-    """The classes of the ILSVRC-2012 archives in ``root``: the WordNet ids of the leaf synsets in the devkit's
-    meta.mat (1000 in ILSVRC-2012), sorted, which is torchvision's label order. Read from inside the archive (a
-    few MB), so that the class count is known before anything is extracted."""
-    devkit = root / ARCHIVES[2]
-    try:
-        with tarfile.open(devkit) as archive:
-            meta = archive.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
-        synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
-        return sorted(synsets["WNID"][synsets["num_children"] == 0].tolist())
-    except (OSError, tarfile.TarError, scipy.io.matlab.MatReadError, KeyError, ValueError) as err:
-        raise ValueError(f"Cannot read the classes (ILSVRC2012_devkit_t12/data/meta.mat) from {devkit}: {err}") from err
-
-
-def _extract(root: Path, split: str) -> None:
-    """Extracts one split of the ILSVRC-2012 archives in ``root`` (and the devkit's ``meta.bin``) as
-    ``torchvision.datasets.ImageNet`` does on first use, after its check of the archives' MD5 sums, but into
-    ``root/.<split>.partial``, renamed to ``root/<split>`` when complete: an interrupted extraction is done again
-    instead of read as a smaller dataset with shifted labels. Raises, naming ``root``, if it cannot be written."""
-    if (root / imagenet.META_FILE).is_file() and (root / split).is_dir():
-        return
-    partial = root / f".{split}.partial"
-    try:
-        shutil.rmtree(partial, ignore_errors=True)  # what an interrupted extraction left
-        partial.mkdir()
-    except OSError as err:
-        raise OSError(
-            err.errno, f"The ILSVRC-2012 archives in {root} are extracted into {root / split} and "
-            f"{root / imagenet.META_FILE} on first use, but {root} cannot be written ({err.strerror}): make it "
-            f"writable for the first run, or put the archives in a folder that is"
-        ) from err
-    try:
-        if not (root / imagenet.META_FILE).is_file():
-            imagenet.parse_devkit_archive(str(root))
-        if not (root / split).is_dir():
-            parse = imagenet.parse_train_archive if split == "train" else imagenet.parse_val_archive
-            parse(str(root), folder=partial.name)
-            partial.rename(root / split)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-
-
-def _check_every_class_readable(dataset: ImageFolder, folder: Path) -> None:
-    """Raises, naming them, if class folders hold no image file or none that decodes: training and testing with a
-    class that has no images would silently change what the error rates measure."""
-    readable, reasons = set(), {}
-    for path, target in dataset.samples:
-        if target not in readable:
-            try:
-                dataset.loader(path)
-                readable.add(target)
-            except UNREADABLE as err:
-                reasons.setdefault(target, f"every file is unreadable, e.g. {path}: {err}")
-    bad = [f"{folder / name} ({reasons.get(target, 'no image file')})"
-           for target, name in enumerate(dataset.classes) if target not in readable]
-    if bad:
-        raise FileNotFoundError(f"Class folder(s) without a readable image: {'; '.join(bad)}")
 
 
 class _LogSkippedFiles(L.Callback):
@@ -252,7 +115,7 @@ class ImageNetDataModule(L.LightningDataModule):
         batch_size: Images per batch (the paper: 128).
         root: Data root: an ImageFolder layout (``train/<class>/*``, ``val/<class>/*``), or a folder
             with the ILSVRC-2012 archives (extracted beside them on first use), or a prepared folder
-            (``python -m alexnet_lightning.prepared``). ``None``: the built-in stand-in, generated on first
+            (``python -m alexnet_lightning.data prepare``). ``None``: the built-in stand-in, generated on first
             use into ``$ALEXNET_LIGHTNING_CACHE`` (default ``~/.cache/alexnet-lightning``).
         resize_size: Side of the central square the images are rescaled to once (the paper: 256).
         crop_size: Side of the crops the network sees. The paper writes 224, but its layer sizes need
@@ -276,7 +139,7 @@ class ImageNetDataModule(L.LightningDataModule):
             deviation, the scale of most later code) alpha / n * sum(a^2) is negligible beside k and LRN is close to a
             constant factor.
         prepared: A folder for the fast path: ``root`` is converted into 256x256 JPEG shards there on first use
-            (``prepare_data``; ``python -m alexnet_lightning.prepared`` does the same ahead of time, and can store
+            (``prepare_data``; ``python -m alexnet_lightning.data prepare`` does the same ahead of time, and can store
             raw uint8) and read from it instead of ``root``. Same distribution of inputs.
         decode: Where the images of JPEG shards are decoded: ``"workers"``, in the loader's processes on the CPU;
             ``"device"``, batched on the batch's device after its transfer (nvjpeg on a GPU); ``"auto"``: on the
@@ -319,19 +182,17 @@ class ImageNetDataModule(L.LightningDataModule):
         if decode not in ("auto", "workers", "device"):
             raise ValueError(f"decode must be 'auto', 'workers' or 'device', got {decode!r}")
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.layout = None if root is None else _layout(Path(root))
+        self.layout = None if root is None else sources.layout(Path(root))
         if self.layout is None:
             self.num_classes = builtin.NUM_CLASSES
-        elif self.layout == "archives":
-            self.num_classes = len(_devkit_wnids(Path(root)))
         elif self.layout == "prepared":
             self.num_classes = len(self._prepared_meta(Path(root))["classes"])
         else:
-            self.num_classes = len(find_classes(Path(root) / "train")[0])
+            self.num_classes = sources.num_classes(Path(root), self.layout)
         if prepared is not None and self.layout == "prepared":
             raise ValueError(f"--data.root {root} is already a prepared folder: leave out --data.prepared")
         self.skipped_files = torch.tensor(0)
-        self.augmentation: prepared.BatchAugmentation | None = None
+        self.augmentation: BatchAugmentation | None = None
         self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
 
     def state_dict(self) -> dict[str, Any]:
@@ -369,42 +230,8 @@ class ImageNetDataModule(L.LightningDataModule):
             return self.hparams.decode == "device"
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
-    def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> SkipUnreadable:
-        root = self.data_root()
-        if self.layout == "archives":
-            _extract(root, split)
-            dataset = ImageNet(str(root), split, transform=transform, loader=load_rgb)
-            wnids = _devkit_wnids(root)
-            if dataset.wnids != wnids:  # labels are positions in the sorted folder names: all must be there
-                raise ValueError(
-                    f"The class folders of {root / split} differ from the classes of {root / ARCHIVES[2]}: "
-                    f"missing {sorted(set(wnids) - set(dataset.wnids))[:5]}, not in the devkit "
-                    f"{sorted(set(dataset.wnids) - set(wnids))[:5]}. Remove {root / split} to extract it again."
-                )
-            return SkipUnreadable(dataset)
-        folder = root / split
-        ignored: list[str] = []
-
-        def is_image(path: str) -> bool:
-            allowed = has_file_allowed_extension(path, IMAGE_EXTENSIONS)
-            if not allowed:
-                ignored.append(path)
-            return allowed
-
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image,
-                              allow_empty=True)
-        if ignored:
-            warnings.warn(f"Ignoring {len(ignored)} file(s) of {folder} without an image extension "
-                          f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {', '.join(ignored[:3])}", stacklevel=2)
-        train_classes = find_classes(root / "train")[0]
-        if dataset.classes != train_classes:
-            raise ValueError(
-                f"The class folders of {folder} differ from those of {root / 'train'}: "
-                f"only in {split}: {sorted(set(dataset.classes) - set(train_classes))}, "
-                f"missing from {split}: {sorted(set(train_classes) - set(dataset.classes))}."
-            )
-        _check_every_class_readable(dataset, folder)
-        return SkipUnreadable(dataset)
+    def _dataset(self, split: str, transform: Callable[[Image.Image], Tensor]) -> sources.SkipUnreadable:
+        return sources.open_split(self.data_root(), self.layout or "folders", split, transform)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:
         options = dict(
@@ -418,7 +245,7 @@ class ImageNetDataModule(L.LightningDataModule):
             generator=torch.Generator(),
             collate_fn=_as_batch
             if isinstance(dataset, prepared.PreparedSplit)
-            else partial(collate_skipping_unreadable, image_shape=image_shape),
+            else partial(sources.collate_skipping_unreadable, image_shape=image_shape),
         )
         if not shuffle:
             return DataLoader(dataset, **options)
@@ -448,7 +275,7 @@ class ImageNetDataModule(L.LightningDataModule):
             if from_shards:
                 train = prepared.PreparedSplit(root, "train")
             else:
-                train = self._dataset("train", rescale_and_centre(size))
+                train = self._dataset("train", sources.rescale_and_centre(size))
             count = min(len(train), self.hparams.statistics_images)
             sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
             if from_shards:
@@ -467,8 +294,8 @@ class ImageNetDataModule(L.LightningDataModule):
             prepared.prepare(self.hparams.root, Path(self.hparams.prepared), self.hparams.resize_size,
                              workers=self.num_workers)
         elif self.layout == "archives":
-            for split in SPLITS:
-                _extract(Path(self.hparams.root), split)
+            for split in sources.SPLITS:
+                sources.extract(Path(self.hparams.root), split)
         self.statistics()
 
     def setup(self, stage: str) -> None:
@@ -482,7 +309,7 @@ class ImageNetDataModule(L.LightningDataModule):
             if not (root / "prepared.json").is_file():
                 raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
             self._prepared_meta(root)
-            self.augmentation = prepared.BatchAugmentation(
+            self.augmentation = BatchAugmentation(
                 mean, stats.eigval, stats.eigvec, crop, lighting_std, scale, **lighting
             )
             in_workers = not self._decodes_on_device()

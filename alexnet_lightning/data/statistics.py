@@ -7,13 +7,11 @@ values "throughout the ImageNet training set". Both are computed once, at the co
 ``alexnet_stats_<resize_size>.pt`` (in the cache folder, keyed by the data's path, when the data
 folder is read-only). Delete that file to recompute.
 
-From the shell: ``python -m alexnet_lightning.statistics ROOT [--resize-size 256] [--max-images N]``.
+From the shell: ``python -m alexnet_lightning.data statistics ROOT [--resize-size 256] [--max-images N]``.
 """
 
-import argparse
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from alexnet_lightning.data.sources import cache_dir
 from alexnet_lightning.reliability import write_atomic
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,6 @@ class Statistics(NamedTuple):
     mean_image: Tensor
     eigval: Tensor
     eigvec: Tensor
-
-
-def cache_dir() -> Path:
-    """``$ALEXNET_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/alexnet-lightning``, else ``~/.cache/alexnet-lightning``
-    (the XDG base directory convention)."""
-    if os.environ.get("ALEXNET_LIGHTNING_CACHE"):
-        return Path(os.environ["ALEXNET_LIGHTNING_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-lightning"
 
 
 def published(resize_size: int) -> Statistics:
@@ -109,31 +100,3 @@ def load_or_compute(root: Path, resize_size: int, batches: Callable[[], Iterable
     else:
         log.warning("Cannot write the training statistics to any of %s; they will be recomputed.", files)
     return stats
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Computes and caches the statistics of a data root (see the module docstring)."""
-    # Imported here because the datamodule imports this module.
-    from alexnet_lightning.datamodule import ImageNetDataModule
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="data root: ImageFolder train/ and val/, or the ILSVRC-2012 archives")
-    parser.add_argument("--resize-size", type=int, default=256)
-    parser.add_argument("--max-images", type=int, default=10_000, help="training images sampled")
-    parser.add_argument("--num-workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    datamodule = ImageNetDataModule(
-        batch_size=64,
-        root=args.root,
-        resize_size=args.resize_size,
-        num_workers=args.num_workers,
-        statistics_images=args.max_images,
-    )
-    stats = datamodule.statistics()
-    print(f"eigval {stats.eigval.tolist()}\neigvec {stats.eigvec.tolist()}")
-    print(f"channel mean {stats.mean_image.mean((1, 2)).tolist()}")
-
-
-if __name__ == "__main__":
-    main()

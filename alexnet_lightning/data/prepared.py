@@ -1,10 +1,10 @@
-"""The paper's "resize once" as a fast path: 256x256 shards, JPEG or raw, and augmentation of whole batches.
+"""The paper's "resize once" as a fast path: 256x256 shards, JPEG or raw, read a batch at a time.
 
-    python -m alexnet_lightning.prepared SOURCE DEST [--encoding jpeg|raw] [--quality 90] [--size 256]
-                                         [--shard-size 2048] [--workers N]
+    python -m alexnet_lightning.data prepare SOURCE DEST [--encoding jpeg|raw] [--quality 90] [--size 256]
+                                             [--shard-size 2048] [--workers N]
 
-SOURCE is a data root as ``ImageNetDataModule`` takes it (an ImageFolder layout, or the ILSVRC-2012
-archives) or ``builtin``. Every image becomes its central square exactly as ``transforms.resize_and_centre``
+SOURCE is a data root (an ImageFolder layout, or the ILSVRC-2012 archives: ``sources.py``) or ``builtin``.
+Every image becomes its central square exactly as ``sources.resize_and_centre``
 makes it, stored per split in shards of ``--shard-size`` images:
 
 - ``--encoding jpeg`` (the default): ``NNNNN.jpeg.npy``, the JPEG files (``--quality``, default 90, as FFCV
@@ -20,14 +20,12 @@ raw shards.
 
 Training then reads batches by index from memory-mapped shards; JPEG shards are decoded in the loader's
 workers on the CPU, or on the GPU (nvjpeg, batched) after the batch's transfer (``Encoded``).
-``BatchAugmentation`` then does the crop, mirror, mean subtraction and PCA lighting of the whole batch on
-the device the batch is on, with the reference transforms' values (``transforms.py``).
+``transforms.BatchAugmentation`` then does the crop, mirror, mean subtraction and PCA lighting of the whole batch
+on the device the batch is on, with the reference transforms' values.
 """
 
-import argparse
 import json
 import math
-import os
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -38,11 +36,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
+from alexnet_lightning.data import builtin, sources
 from alexnet_lightning.progress import progress
 from alexnet_lightning.reliability import write_atomic
-from alexnet_lightning.transforms import lighting_weights, training_scale
 
 FORMAT = 2  # 2: JPEG or raw shards; 1: raw only, in the files of format 2's raw encoding
 ENCODINGS = ("jpeg", "raw")
@@ -69,21 +66,19 @@ def prepare(
 
     Shards already written by an earlier, interrupted call are kept; they must have the same encoding.
     """
-    from alexnet_lightning.datamodule import SPLITS, ImageNetDataModule
-    from alexnet_lightning.transforms import resize_and_centre
-
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     stored = _encoding(encoding, quality)
-    source_data = ImageNetDataModule(batch_size=1, root=source, resize_size=size, num_workers=0)
-    if source_data.layout == "prepared":
+    root = builtin.ensure() if source is None else Path(source)
+    kind = sources.layout(root)
+    if kind == "prepared":
         raise ValueError(f"{source} is already prepared")
-    meta = {"format": FORMAT, "size": size, **stored, "source": str(source_data.data_root().resolve()), "splits": {}}
-    transform = resize_and_centre(size)
+    meta = {"format": FORMAT, "size": size, **stored, "source": str(root.resolve()), "splits": {}}
+    transform = sources.resize_and_centre(size)
     if encoding == "jpeg":  # encoded in the loader's processes, in parallel
         transform = v2.Compose([transform, partial(encode_jpeg, quality=quality)])
-    for split in SPLITS:
-        dataset = source_data._dataset(split, transform)
+    for split in sources.SPLITS:
+        dataset = sources.open_split(root, kind, split, transform)
         # The folder names, which the labels index; ImageNet's ``classes`` are names, "crane" for two of them.
         meta["classes"] = getattr(dataset.folder, "wnids", dataset.folder.classes)
         folder = dest / split
@@ -204,7 +199,7 @@ class PreparedSplit(Dataset):
         indices = np.array([key[2] if isinstance(key, tuple) else key for key in keys])
         shard_of = np.searchsorted(self.starts, indices, side="right") - 1
         located = list(zip(shard_of.tolist(), (indices - self.starts[shard_of]).tolist()))
-        seed = torch.tensor(sample_seed(*keys[0]) if isinstance(keys[0], tuple) else -1)
+        seed = torch.tensor(sources.sample_seed(*keys[0]) if isinstance(keys[0], tuple) else -1)
         labels = self.labels[indices]
         if not self.jpeg:
             return torch.from_numpy(np.stack([shards[s][0][i] for s, i in located])), labels, torch.tensor(0), seed
@@ -221,148 +216,3 @@ class PreparedSplit(Dataset):
 
     def __getstate__(self) -> dict:  # loader processes open their own memory maps
         return {**self.__dict__, "shards": None}
-
-
-def sample_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on the keys only (the run's seed, the epoch, a sample index)."""
-    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class BatchAugmentation:
-    """The reference pipeline (``transforms.TrainPreset`` / ``EvalPreset``) on whole uint8 batches, in whole-batch
-    tensor operations: a handful of kernels per batch on a GPU, whatever the batch size.
-
-    The mean moves to the batch's device once. Per-image random choices come from a generator seeded by the
-    batch's seed, drawn on the host (the same on any device); they have the reference's distribution: crop
-    offsets uniform on 0 .. S - crop, mirror with p = 0.5, alpha_i ~ N(0, lighting_std).
-    """
-
-    def __init__(
-        self, mean: Tensor, eigval: Tensor, eigvec: Tensor, crop_size: int, lighting_std: float | None,
-        value_scale: float = 1.0, lighting_formula: str = "cuda-convnet2", lighting_rescale: bool = False,
-    ):
-        self.mean = mean if mean.dim() == 3 else mean.view(3, 1, 1)
-        self.weights, self.eigvec = lighting_weights(eigval, lighting_formula), eigvec
-        self.crop, self.lighting_std, self.value_scale = crop_size, lighting_std, value_scale
-        self.train_scale = training_scale(value_scale, lighting_std, lighting_rescale)
-        self.mean_pixels: Tensor | None = None  # ``_with_reversed`` of the mean image, on the batches' device
-        self.scratch: dict[str, Tensor] = {}  # buffers reused by every batch: no fresh memory for intermediates
-
-    @staticmethod
-    def _scaled(x: Tensor, scale: float) -> Tensor:
-        return x.mul_(scale) if scale != 1 else x
-
-    def _mean_on(self, device: torch.device) -> Tensor:
-        if self.mean.device != device:
-            self.mean = self.mean.to(device)
-            self.mean_pixels = None
-        return self.mean
-
-    def _centred(self, images: Tensor) -> Tensor:
-        return F.to_dtype(images, torch.float32, scale=True).sub_(self._mean_on(images.device))
-
-    def sample(self, batch: int, side: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Offsets (top, left), mirror flags and lighting coefficients alpha [B, 3] for a batch."""
-        generator = torch.Generator().manual_seed(seed)
-        top, left = torch.randint(0, side - self.crop + 1, (2, batch), generator=generator)
-        flip = torch.rand(batch, generator=generator) < 0.5
-        alpha = torch.randn(batch, 3, generator=generator) * (self.lighting_std or 0.0)
-        return top, left, flip, alpha
-
-    def train(self, images: Tensor, seed: int) -> Tensor:
-        top, left, flip, alpha = self.sample(len(images), images.shape[-1], seed)
-        return self.apply(images, top, left, flip, alpha if self.lighting_std is not None else None)
-
-    def apply(self, images: Tensor, top: Tensor, left: Tensor, flip: Tensor, alpha: Tensor | None) -> Tensor:
-        """Crops image i at (top[i], left[i]), mirrors it if flip[i] and adds the lighting of alpha[i]; ``top``,
-        ``left``, ``flip`` and ``alpha`` are on the host.
-
-        The reference's operations (to float, scale, subtract the mean, crop, mirror, lighting, scale) on the whole
-        batch, with the values of the reference's order: the mirrored or plain crops of the uint8 images are one
-        gather from their pixels forwards and reversed (``_crops``), those of the mean image too (its reversed pixels
-        made once); the rest is elementwise.
-        """
-        c, device, side = self.crop, images.device, images.shape[-1]
-        lighting = None if alpha is None else (alpha.to(self.weights) * self.weights) @ self.eigvec.T  # [B, 3]
-        top, left, flip, lighting = _to_device(device, top, left, flip, lighting)
-        image, shape = torch.arange(len(images), device=device), (len(images), 3, c, c)
-        pixels = _with_reversed(images.reshape(-1), self._scratch("pixels", (2 * images.numel(),), images))
-        crops = _crops(pixels, side, image, top, left, flip, c, self._scratch("crops", shape, images))
-        x = crops.to(torch.float32)  # in uint8 units until the last step: the reference's 1 / 255 folded into it
-        mean = self._mean_on(device)
-        if mean.shape[-1] == 1:  # a channel mean
-            x.sub_(mean * 255)
-        else:
-            if self.mean_pixels is None:
-                self.mean_pixels = _with_reversed(mean.reshape(-1) * 255)
-            x.sub_(_crops(self.mean_pixels, side, torch.zeros_like(image), top, left, flip, c,
-                          self._scratch("mean crops", shape, x)))
-        if lighting is not None:
-            x += lighting[..., None, None] * 255
-        return self._scaled(x, self.train_scale / 255)
-
-    def _scratch(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """The buffer ``name``, of ``like``'s dtype and device."""
-        buffer = self.scratch.get(name)
-        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self.scratch[name] = like.new_empty(shape)
-        return buffer
-
-    def centre(self, images: Tensor) -> Tensor:
-        return self._scaled(F.center_crop(self._centred(images), [self.crop, self.crop]), self.value_scale)
-
-    def ten_crops(self, images: Tensor) -> Tensor:
-        """[B, 10, 3, crop, crop] in ``transforms.ten_crop``'s order."""
-        crops = F.five_crop(self._centred(images), [self.crop, self.crop])
-        return self._scaled(torch.stack([*crops, *(crop.flip(-1) for crop in crops)], 1), self.value_scale)
-
-
-def _with_reversed(pixels: Tensor, out: Tensor | None = None) -> Tensor:
-    """The pixels, then the same reversed: in the second half every row of every image reads mirrored."""
-    return torch.cat([pixels, pixels.flip(0)], out=out)
-
-
-def _crops(
-    pixels: Tensor, side: int, image: Tensor, top: Tensor, left: Tensor, flip: Tensor, crop: int, out: Tensor
-) -> Tensor:
-    """Into ``out`` [B, 3, crop, crop]: the crop at (top[i], left[i]) of image image[i] of the [N, 3, side, side]
-    images whose ``_with_reversed`` pixels are ``pixels``, mirrored where flip[i]. One ``index_select`` of runs of
-    crop pixels from an overlapping view of the pixels: whole runs are copied, about as fast as slicing."""
-    channel, line = torch.arange(3, device=pixels.device), torch.arange(crop, device=pixels.device)
-    start = ((image[:, None, None] * 3 + channel[:, None]) * side + top[:, None, None] + line) * side  # [B, 3, crop]
-    start = start + left[:, None, None]
-    # Pixels p + crop - 1 down to p, mirrored, are the run at 2 total - p - crop, in the reversed half.
-    start = torch.where(flip[:, None, None], len(pixels) - start - crop, start)
-    runs = pixels.as_strided((len(pixels) - crop + 1, crop), (1, 1))  # run k: pixels k .. k + crop - 1
-    return torch.index_select(runs, 0, start.flatten(), out=out.view(-1, crop)).view(out.shape)
-
-
-def _to_device(device: torch.device, *tensors: Tensor | None) -> list[Tensor | None]:
-    """Small host tensors on ``device``; to a GPU from pinned memory without waiting for it (a copy from pageable
-    memory would wait for the GPU's queue to drain every batch)."""
-    if device.type != "cuda":
-        return [t if t is None else t.to(device) for t in tensors]
-    return [t if t is None else t.pin_memory().to(device, non_blocking=True) for t in tensors]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="data root (ImageFolder train/, val/; or the ILSVRC-2012 archives) or builtin")
-    parser.add_argument("dest", type=Path, help="folder for the shards")
-    parser.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
-                        help="jpeg: about 1/10 of raw for photos, decoded while training; raw: uint8 arrays")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (FFCV's ImageNet: 90)")
-    parser.add_argument("--size", type=int, default=256, help="side of the stored central square (the paper: 256)")
-    parser.add_argument("--shard-size", type=int, default=2048, help="images per shard file")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
-    args = parser.parse_args(argv)
-    source = None if args.source == "builtin" else args.source
-    dest = prepare(source, args.dest, args.size, args.shard_size, args.workers, args.encoding, args.quality)
-    meta = read_meta(dest)
-    for split, info in meta["splits"].items():
-        print(f"{split}: {info['images']} images in {info['shards']} shards, {len(info['skipped'])} unreadable skipped")
-    print(f"Train from it with --data.root {dest}")
-
-
-if __name__ == "__main__":
-    main()
