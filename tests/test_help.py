@@ -1,11 +1,12 @@
 """Every command's --help renders (argparse formats help texts: a bare % in one crashes it), and describes itself."""
 
+import importlib
 import runpy
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import PYPROJECT, REPO
 
 SCRIPTS = {
     "ablate": (REPO / "experiments" / "ablate.py", "ablation study"),
@@ -40,6 +41,17 @@ def test_every_script_renders_its_help(name, capsys, monkeypatch):
 def test_every_module_command_renders_its_help(module, capsys, monkeypatch):
     out = help_text(lambda: runpy.run_module(module, run_name="__main__"), capsys, monkeypatch, [module, "--help"])
     assert MODULES[module] in out and "usage:" in out
+
+
+CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
+COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study"}
+
+
+@pytest.mark.parametrize("name", CONSOLE_SCRIPTS)
+def test_every_console_command_renders_its_help(name, capsys, monkeypatch):
+    module, function = CONSOLE_SCRIPTS[name].split(":")  # what the installed command calls
+    out = help_text(getattr(importlib.import_module(module), function), capsys, monkeypatch, [name, "--help"])
+    assert f"usage: {name}" in out and COMMANDS[name] in out
 
 
 @pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])
