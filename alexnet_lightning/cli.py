@@ -1,9 +1,13 @@
-"""The Lightning CLI: `alexnet-lightning fit|validate|test --config configs/paper.yaml [--model.lrn false ...]`.
+"""The Lightning CLI: `alexnet-lightning fit|validate|test [--config quick] [--config no_lrn] [--model.lrn false ...]`.
+
+Every subcommand starts from the paper's run, the packaged `configs/paper.yaml`; `--config` adds a packaged config by
+name (`named_configs`: the presets, the ablations, the strategies, `gpu`) or a file.
 
 A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact checkpoint in the checkpoint folder,
 `<default_root_dir>/checkpoints` unless the config names another (`last.ckpt` unless it is damaged).
 """
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.diagnostics import Diagnostics
 from alexnet_lightning.memory import keep_freed_memory
@@ -28,8 +33,47 @@ from alexnet_lightning.reliability import (
 
 DESCRIPTION = (
     "A paper-faithful AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) in PyTorch Lightning: train, validate and "
-    "test the paper's network (ten-crop test) on ImageNet or the built-in stand-in, with a switch for every ablation."
+    "test the paper's network (ten-crop test) on ImageNet or the built-in stand-in, with a switch for every ablation. "
+    "Every subcommand starts from the paper's configuration; --config NAME adds a packaged config ({names}) or a "
+    "file, e.g. `alexnet-lightning fit --config quick --config no_lrn`."
 )
+PAPER = CONFIGS / "paper.yaml"
+
+
+def named_configs() -> dict[str, Path]:
+    """The packaged configs by name: paper, gpu, the presets, the ablations and the strategies (the W&B sweep file
+    is no training config)."""
+    folders = (CONFIGS, CONFIGS / "presets", CONFIGS / "strategy", CONFIGS / "ablations")
+    return {path.stem: path for folder in folders for path in sorted(folder.glob("*.yaml"))
+            if path.name != "sweep.yaml"}
+
+
+def config_file(value: str) -> str:
+    """A `--config` value as a file: a file that exists as given, else a packaged config's name. A word or a
+    `.yaml` path that is neither is an error listing the names; anything else (jsonargparse takes a YAML string
+    too) is left to jsonargparse."""
+    names = named_configs()
+    if Path(value).is_file():
+        return value
+    if value in names:
+        return str(names[value])
+    if re.fullmatch(r"[\w.-]+", value) or value.endswith((".yaml", ".yml")):
+        raise ValueError(f"{value!r} is neither a file nor a packaged config; the packaged configs: "
+                         f"{', '.join(names)}")
+    return value
+
+
+def with_config_files(args: list[str]) -> list[str]:
+    """The arguments with each `--config`/`-c` value made a file (config_file)."""
+    out, after_flag = [], False
+    for arg in args:
+        if after_flag:
+            arg = config_file(arg)
+        elif arg.startswith("--config="):
+            arg = "--config=" + config_file(arg.removeprefix("--config="))
+        out.append(arg)
+        after_flag = arg in ("--config", "-c")
+    return out
 
 
 class AlexNetCLI(LightningCLI):
@@ -79,10 +123,21 @@ class AlexNetCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
+    """The CLI on `args` (default: the command line's); `--config` values may name packaged configs."""
+    try:
+        if args is None:  # the command line, rewritten in place: Lightning warns of `args` beside a command line
+            sys.argv[1:] = with_config_files(sys.argv[1:])
+        else:
+            args = with_config_files(args)
+    except ValueError as err:
+        print(f"alexnet-lightning: error: --config {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     keep_freed_memory()
+    paper = {"default_config_files": [str(PAPER)]}  # the paper's run unless a --config says otherwise
+    per_parser = {name: paper for name in AlexNetCLI.subcommands()} if run else paper
     return AlexNetCLI(
         AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [*training_callbacks(), Diagnostics()]},
     )

@@ -1,6 +1,7 @@
 """The registry of ablation variants: what each changes in the paper's config, and what the paper reports.
 
-The ablation runner, the config overlays in configs/ablations/ and the report all read this one table.
+The ablation runner, the config overlays in alexnet_lightning/configs/ablations/ and the report all read this one
+table.
 `python -m alexnet_lightning.variants` rewrites the overlays and the W&B sweep file from it.
 """
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from alexnet_lightning import CONFIGS
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,10 @@ class Variant:
 
     Args:
         name: registry key, also the overlay's file name and the W&B tag.
-        flag: the experiments/ablate.py switch that adds it.
+        flag: the ablation runner's switch that adds it (alexnet-ablate, alexnet_lightning/ablate.py).
         change: the change, in the paper's words.
-        overrides: config sections to merge into configs/paper.yaml, e.g. {"model": {"lrn": False}}.
+        overrides: config sections to merge into the paper's config (configs/paper.yaml), e.g.
+            {"model": {"lrn": False}}.
         paper_top1: the paper's reported change of top-1 error in points (None where it gives no number).
         paper_top5: likewise for top-5.
         paper_effect: the paper's words, for the table.
@@ -75,22 +77,23 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 def overlay_text(variant: Variant) -> str:
     header = f"# Ablation '{variant.name}': {variant.change}. Paper: {variant.paper_effect}.\n"
-    header += "# Generated from alexnet_lightning/variants.py; use after configs/paper.yaml:\n"
-    header += f"#   alexnet-lightning fit --config configs/paper.yaml --config configs/ablations/{variant.name}.yaml\n"
+    header += "# Generated from alexnet_lightning/variants.py; an overlay of the paper's config, the CLI's default:\n"
+    header += f"#   alexnet-lightning fit --config {variant.name}\n"
     return header + yaml.safe_dump(variant.overrides, sort_keys=False)
 
 
 def sweep_text() -> str:
-    """A W&B sweep over the full grid of variants and seeds; each agent runs one cell of experiments/ablate.py."""
+    """A W&B sweep over the full grid of variants and seeds; each agent runs one cell with `alexnet-ablate`."""
     sweep = {
         "name": "alexnet-ablation",
-        "program": "experiments/ablate.py",
+        "program": "alexnet-ablate",
         "method": "grid",
         "metric": {"name": "test/top1_error", "goal": "minimize"},
         "parameters": {"variant": {"values": list(VARIANTS)}, "seed": {"values": [0, 1, 2]}},
-        "command": ["${env}", "${interpreter}", "${program}", "--study", "sweep", "${args}"],
+        "command": ["${env}", "${program}", "--study", "sweep", "${args}"],  # the agent's ${interpreter} is `python`
     }
-    header = "# Generated from alexnet_lightning/variants.py. `wandb sweep configs/sweep.yaml`; `wandb agent ID`.\n"
+    header = ("# Generated from alexnet_lightning/variants.py. `wandb sweep` this file (README, Weights & Biases); "
+              "`wandb agent ID`.\n")
     return header + yaml.safe_dump(sweep, sort_keys=False)
 
 

@@ -16,7 +16,7 @@ a table, and JSON with --json.
    bf16, channels_last and compile, and without LRN; each configuration alone in a process of its own, as training
    runs; the median step counts.
 4. fit: images per second of Lightning's fit with the real DataModule from the JPEG shards and the CLI's training
-   callbacks, with configs/gpu.yaml's speed options on a GPU; timed after its first steps.
+   callbacks, with the packaged configs/gpu.yaml's speed options on a GPU; timed after its first steps.
 
 Every rate comes with the hours that 90 epochs of ILSVRC-2012 (1,281,167 images) would take at it. The header and the
 JSON record the machine and what else ran on it (load average, the busiest other processes). Imports neither
@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as classic
 
+from alexnet_lightning import CONFIGS
 from alexnet_lightning.data import prepared
 from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.memory import keep_freed_memory
@@ -55,7 +56,6 @@ from alexnet_lightning.network import AlexNet, LocalResponseNorm
 from alexnet_lightning.reliability import training_callbacks
 
 PAPER_IMAGES, PAPER_EPOCHS = 1_281_167, 90  # ILSVRC-2012 training set, ~90 epochs (Section 5)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STATISTICS_IMAGES = 256  # mean image and lighting from a sample: the values do not change the speed
 # Training-step configurations of the paper network: name -> options of ``training_step``.
 STEPS: dict[str, dict[str, Any]] = {

@@ -24,10 +24,10 @@ import torch.multiprocessing as mp
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
+from alexnet_lightning import CONFIGS
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.strategy import TowerParallelStrategy
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE, CLASSES = 227, 1000
 
 # Bytes that cross between the towers per image (4 bytes a float), summed over both directions, by hand:
@@ -71,7 +71,7 @@ class StepTimer(L.Callback):
 
 def train(args: argparse.Namespace, devices: int, timer: StepTimer) -> None:
     torch.manual_seed(0)
-    optimisation = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["model"]
+    optimisation = yaml.safe_load((CONFIGS / "paper.yaml").read_text())["model"]
     module = AlexNetModule(**optimisation | {"lr_schedule": "step"}, num_classes=CLASSES, input_size=SIZE)
     images = args.batch_size * (args.warmup + args.steps)
     data = TensorDataset(torch.randn(images, 3, SIZE, SIZE), torch.randint(CLASSES, (images,)))

@@ -3,7 +3,7 @@
     python experiments/compare.py --study quick                  # W&B API when online, local runs otherwise
     python experiments/compare.py --study quick --source local   # the offline W&B runs under results/quick
 
-Online, the runs are those of the W&B project whose group is the study (as experiments/ablate.py logs them, from
+Online, the runs are those of the W&B project whose group is the study (as alexnet-ablate logs them, from
 any number of machines). Offline, they are read back from the offline W&B run files in the study folder (or from
 the cells' result.json files when there are none).
 
@@ -19,8 +19,6 @@ from typing import Any
 
 from alexnet_lightning.report import load_outcomes, load_study, summarise, to_markdown
 from alexnet_lightning.tracking import read_offline_run, wandb_offline
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def kept(metrics: Any) -> dict[str, Any]:
@@ -56,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", required=True)
     parser.add_argument("--source", choices=["auto", "wandb", "local"], default="auto")
     parser.add_argument("--project", default="alexnet-lightning", help="W&B project, or ENTITY/PROJECT")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="where study folders are (default: results/ in the current folder, as alexnet-ablate)")
     args = parser.parse_args(argv)
     source = args.source if args.source != "auto" else ("local" if wandb_offline() else "wandb")
     study_dir = args.results / args.study

@@ -1,18 +1,26 @@
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from alexnet_lightning import CONFIGS
 from tests.archives import StandIn, checksums, write_archives
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest's own TOML reader before Python 3.11
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 @pytest.fixture
 def paper_optimisation() -> dict:
-    """The model section of configs/paper.yaml: the paper's optimisation hyper-parameters."""
-    return yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["model"]
+    """The model section of the packaged configs/paper.yaml: the paper's optimisation hyper-parameters."""
+    return yaml.safe_load((CONFIGS / "paper.yaml").read_text())["model"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
+import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,13 +13,12 @@ import torch
 from nbclient import NotebookClient
 from torchvision.datasets import ImageFolder
 
-from alexnet_lightning import outcomes
+from alexnet_lightning import CONFIGS, ablate, outcomes
 from alexnet_lightning.inference import METHOD
 from alexnet_lightning.tracking import read_offline_run
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "experiments"))
-import ablate  # noqa: E402
 import compare  # noqa: E402
 
 
@@ -125,12 +128,24 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
      (["--data-root", "/nonexistent/imagenet"], "--data-root /nonexistent/imagenet does not exist"),
      (["--seeds", "0"], "--seeds must be at least 1"),
      (["--train-error-target", "25"], "--train-error-target must be a fraction between 0 and 1, got 25.0"),
-     (["--no-split", "--strategy", "towers"], "--strategy towers needs two towers; no_split has one")],
+     (["--no-split", "--strategy", "towers"], "--strategy towers needs two towers; no_split has one"),
+     (["--config", "quik"], "argument --config: 'quik' is neither a file nor a packaged config; the packaged configs: "
+                            "gpu, paper, quick, towers, drop_layer")],
 )
 def test_bad_input_fails_before_training(argv, message, capsys):
     with pytest.raises(SystemExit):
         ablate.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_packaged_configs_by_name_and_results_under_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ablate.parse_args(["--config", "gpu", "--strategy", "towers"])
+    assert args.results == Path("results") and args.extra_configs == [CONFIGS / "gpu.yaml"]
+    assert ablate.base_configs(args) == [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml",
+                                         CONFIGS / "gpu.yaml", CONFIGS / "strategy" / "towers.yaml"]
+    (tmp_path / "gpu").write_text("trainer:\n  max_epochs: 2\n")  # a file as given comes before a name
+    assert ablate.parse_args(["--config", "gpu"]).extra_configs == [Path("gpu")]
 
 
 def test_a_study_folder_of_another_config_is_refused(study_args):
@@ -172,3 +187,44 @@ def test_the_paper_preset_trains_from_prepared_shards(tmp_path, monkeypatch):
     assert ablate.parse_args([]).prepared is None  # the quick preset reads the built-in files
     (imagenet / "prepared.json").write_text("{}")  # a root that is prepared already is read as it is
     assert ablate.parse_args(["--data-root", str(imagenet)]).prepared is None
+
+
+@pytest.mark.slow
+def test_a_tiny_two_tower_study_trains_on_two_processes_and_the_first_alone_writes_the_study(study_args, tmp_path):
+    # A subprocess: Lightning's launcher starts the command again for the second tower. Its own session, so that a
+    # process hanging in a collective is killed with the rest on a timeout.
+    command = [sys.executable, "-m", "alexnet_lightning.ablate", *study_args, "--no-lrn", "--strategy", "towers"]
+    runner = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        out, err = runner.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(runner.pid, signal.SIGKILL)
+        out, err = runner.communicate()
+        pytest.fail(f"the two-process study did not end in 600 s:\n{out[-2000:]}\n{err[-3000:]}")
+    assert runner.returncode == 0, err[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in err and "Traceback" not in err  # the second tower took part
+    assert out.count("study tiny (quick preset)") == 1 and "another process" not in out
+    assert out.count("[baseline seed 0] training") == 1 and out.count("[no_lrn seed 0] training") == 1
+
+    study = tmp_path / "results" / "tiny"
+    assert {p.name for p in study.iterdir()} == {"study.json", "ablation.md", "ablation.csv", "ablation.json",
+                                                 "learning_curves.png", "deltas.png", "runs", ".report.lock"}
+    assert json.loads((study / "study.json").read_text())["base_config"]["trainer"]["devices"] == 2
+    with open(study / "ablation.csv") as file:
+        assert [row["variant"] for row in csv.DictReader(file)] == ["baseline", "no_lrn"]
+    assert [r["variant"] for r in json.loads((study / "ablation.json").read_text())] == ["baseline", "no_lrn"]
+    table = (study / "ablation.md").read_text()
+    assert table.count("| baseline |") == 2 and table.count("| no_lrn |") == 2  # the table and the diagnostics
+    assert not [p for p in study.rglob("*.tmp")]  # no write left half done
+    for variant in ("baseline", "no_lrn"):
+        cell = study / "runs" / variant / "seed0"
+        result = json.loads((cell / "result.json").read_text())
+        assert result["variant"] == variant and 0 <= result["test/top1_error"] <= 1
+        kept = outcomes.read(cell / outcomes.FILE)
+        assert kept["test_files"] == 30 and 1 - kept["top1_correct"].mean() == pytest.approx(result["test/top1_error"])
+        assert [p.name for p in (cell / "csv").iterdir()] == ["attempt00"]  # one logger, one W&B run
+        assert len(list(cell.glob("wandb/offline-run-*"))) == 1
+        assert "TowerParallelStrategy" in (cell / "csv" / "attempt00" / "config.yaml").read_text()
+        state = torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        assert state["network.features.conv1.weight"].shape[0] == 24  # the whole net: both towers' 12 kernels

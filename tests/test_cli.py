@@ -1,13 +1,15 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from alexnet_lightning.cli import main
+from alexnet_lightning.cli import main, named_configs
 from alexnet_lightning.data import builtin
-from tests.conftest import REPO
+from tests.conftest import PYPROJECT, REPO
 
-QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]
+QUICK = ["--config", "paper", "--config", "quick"]  # packaged configs by name
 
 
 @pytest.mark.slow
@@ -53,8 +55,7 @@ def test_the_gpu_config_adds_the_speed_options_to_the_paper_run(tmp_path, monkey
     import torch
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
-    cli = main([*QUICK[:2], "--config", str(REPO / "configs/gpu.yaml"), "--trainer.default_root_dir", str(tmp_path)],
-               run=False)
+    cli = main([*QUICK[:2], "--config", "gpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert cli.trainer.precision == "bf16-mixed" and torch.backends.cudnn.benchmark
     assert cli.model.hparams.channels_last and cli.model.hparams.compile
     assert cli.model.hparams.lr == 0.01 and cli.trainer.max_epochs == 90  # the paper's run otherwise
@@ -116,3 +117,49 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tin
     fit.trainer.fit(fit.model, fit.datamodule)
     assert [line.split(" (")[0] for line in capfd.readouterr().err.splitlines() if " step " in line] == [
         f"epoch 3 step {k}/4" for k in range(1, 5)]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_without_a_config_every_subcommand_runs_the_papers_configuration(subcommand, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the packaged config is found from any folder
+    with pytest.raises(SystemExit):
+        main([subcommand, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["model"]["lr"], config["model"]["momentum"], config["model"]["weight_decay"]) == (0.01, 0.9, 5e-4)
+    assert config["trainer"]["max_epochs"] == 90 and config["data"]["batch_size"] == 128
+    with pytest.raises(SystemExit):  # a preset given later overrides it
+        main([subcommand, "--config", "quick", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["max_epochs"] == 10 and config["model"]["width"] == 0.25 and config["model"]["lr"] == 0.01
+
+
+def test_packaged_configs_by_name_or_by_path_and_the_paper_given_twice_adds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    named = main(["--config", "quick", "--config", "no_lrn", "--trainer.logger", "false"], run=False)
+    assert named.model.hparams.lrn is False and named.model.hparams.width == 0.25 and named.trainer.max_epochs == 10
+    assert named.model.hparams.lr == 0.01  # the paper's, the default config underneath
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text("model:\n  dropout: 0.0\n")
+    both = main([*QUICK, "--config", "towers", "--config", "mine.yaml", "--trainer.logger", "false"], run=False)
+    assert both.model.hparams.dropout == 0.0 and both.trainer.strategy.__class__.__name__ == "TowerParallelStrategy"
+    kinds = [type(c).__name__ for c in both.trainer.checkpoint_callbacks]
+    assert sorted(kinds) == ["LastCheckpoint", "ModelCheckpoint"]  # not twice: the paper's file is the default too
+
+
+@pytest.mark.parametrize("value", ["quik", "configs/paper.yaml"])
+def test_a_config_that_is_neither_a_file_nor_a_packaged_name_lists_the_names(value, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--config '{value}' is neither a file nor a packaged config" in err
+    assert all(name in err for name in ("paper", "gpu", "quick", "towers", "no_lrn", "tanh")) and "sweep" not in err
+
+
+def test_every_packaged_config_is_package_data():
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]
+    package = REPO / "alexnet_lightning"
+    files = [p.relative_to(package) for p in (package / "configs").rglob("*") if p.is_file()]
+    assert len(files) >= 12 and set(named_configs().values()) <= {package / f for f in files}
+    for file in files:  # a pattern matches from the right, so one of as many parts matches exactly
+        assert any(file.match(p) and len(file.parts) == len(Path(p).parts) for p in patterns["alexnet_lightning"]), file

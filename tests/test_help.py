@@ -1,11 +1,12 @@
 """Every command's --help renders (argparse formats help texts: a bare % in one crashes it), and describes itself."""
 
+import importlib
 import runpy
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import PYPROJECT, REPO
 
 SCRIPTS = {
     "ablate": (REPO / "experiments" / "ablate.py", "ablation study"),
@@ -42,6 +43,17 @@ def test_every_data_command_renders_its_help(command, capsys, monkeypatch):
     argv = ["alexnet_lightning.data", *([command] if command else []), "--help"]
     out = help_text(lambda: runpy.run_module("alexnet_lightning.data", run_name="__main__"), capsys, monkeypatch, argv)
     assert DATA_COMMANDS[command] in out and "usage: python -m alexnet_lightning.data" in out
+
+
+CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
+COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study"}
+
+
+@pytest.mark.parametrize("name", CONSOLE_SCRIPTS)
+def test_every_console_command_renders_its_help(name, capsys, monkeypatch):
+    module, function = CONSOLE_SCRIPTS[name].split(":")  # what the installed command calls
+    out = help_text(getattr(importlib.import_module(module), function), capsys, monkeypatch, [name, "--help"])
+    assert f"usage: {name}" in out and COMMANDS[name] in out
 
 
 @pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])

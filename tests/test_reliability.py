@@ -23,7 +23,7 @@ import yaml
 from lightning.pytorch import Callback
 from PIL import Image
 
-from alexnet_lightning import reliability
+from alexnet_lightning import CONFIGS, ablate, reliability
 from alexnet_lightning.cli import main
 from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
 from alexnet_lightning.report import read_curves, summarise, write_report, write_tables
@@ -31,10 +31,7 @@ from alexnet_lightning.strategy import TowerParallelStrategy
 from alexnet_lightning.tracking import FallbackWandbLogger
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "experiments"))
-import ablate  # noqa: E402
-
-QUICK = ["--config", str(REPO / "configs/paper.yaml"), "--config", str(REPO / "configs/presets/quick.yaml")]
+QUICK = ["--config", str(CONFIGS / "paper.yaml"), "--config", str(CONFIGS / "presets" / "quick.yaml")]
 
 
 @pytest.fixture
@@ -69,7 +66,7 @@ def stop_at_cli(seen: dict):
     return fake_main
 
 
-@pytest.mark.parametrize("strategy", [[], ["--config", str(REPO / "configs/strategy/towers.yaml")]])
+@pytest.mark.parametrize("strategy", [[], ["--config", str(CONFIGS / "strategy" / "towers.yaml")]])
 def test_every_cli_trainer_checkpoints_atomically_mid_epoch_with_the_random_state(strategy, tmp_path):
     cli = main([*QUICK, *strategy, "--trainer.default_root_dir", str(tmp_path)], run=False)
     trainer = cli.trainer

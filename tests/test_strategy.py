@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from alexnet_lightning import CONFIGS
 from alexnet_lightning.module import AlexNetModule
 from alexnet_lightning.network import AlexNet
 from alexnet_lightning.strategy import TowerAlexNet, TowerParallelStrategy
@@ -213,7 +214,7 @@ def test_a_network_that_does_not_split_in_two_towers_fails_before_training(
 def test_the_config_overlay_selects_the_strategy_on_two_devices():
     parser = LightningArgumentParser()
     parser.add_lightning_class_args(L.Trainer, "trainer")
-    config = parser.instantiate_classes(parser.parse_path(REPO / "configs" / "strategy" / "towers.yaml"))
+    config = parser.instantiate_classes(parser.parse_path(CONFIGS / "strategy" / "towers.yaml"))
     run = L.Trainer(**vars(config.trainer))
     assert isinstance(run.strategy, TowerParallelStrategy)
     assert run.num_devices == 2
