@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     if rank_zero_only.rank != 0:
         return follow(args)
     check_cells(args)
+    # The study's own wandb-core service: one inherited from a parent process (a notebook, a driver script, a test)
+    # would outlive a cell killed by a signal and keep its run id registered, refusing the cell's resume ("run ID
+    # ... is in use").
+    os.environ.pop("WANDB_SERVICE", None)
     with Sigterm.recorded():  # between trainer stages, a SIGTERM waits for the next cell boundary
         study_dir, identity = open_study(args)
         todo = cells(args)

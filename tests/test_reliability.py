@@ -215,6 +215,9 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_
     }))
     study = ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(overlay),
              "--results", str(tmp_path / "results"), "--study", "s"]
+    # Started from a process that runs W&B itself, whose wandb-core service the study would inherit (WANDB_SERVICE).
+    wandb.init(mode="offline", dir=tmp_path, project="parent").finish()
+    assert os.environ.get("WANDB_SERVICE")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     ablate = [sys.executable, str(REPO / "experiments" / "ablate.py")]
     cell = tmp_path / "results" / "s" / "runs" / "baseline" / "seed0"
