@@ -137,7 +137,7 @@ class ImageNetDataModule(L.LightningDataModule):
         value_scale: What the centred [0, 1] values are multiplied by. 255: the paper's centred raw pixel
             values, the scale its LRN constants (k = 2, alpha = 1e-4) and N(0, 0.01) weights act on; at 1.0 (a
             deviation, the scale of most later code) alpha / n * sum(a^2) is negligible beside k and LRN is close to a
-            constant factor.
+            constant factor, unless ``model.lrn_alpha`` is scaled with it (the quick preset).
         prepared: A folder for the fast path: ``root`` is converted into 256x256 JPEG shards there on first use
             (``prepare_data``; ``python -m alexnet_lightning.data prepare`` does the same ahead of time, and can store
             raw uint8) and read from it instead of ``root``. Same distribution of inputs.

@@ -4,8 +4,8 @@
                                              [--shard-size 2048] [--workers N]
 
 SOURCE is a data root (an ImageFolder layout, or the ILSVRC-2012 archives: ``sources.py``) or ``builtin``.
-Every image becomes its central square exactly as ``sources.resize_and_centre``
-makes it, stored per split in shards of ``--shard-size`` images:
+Every image becomes its central square exactly as ``sources.resize_and_centre`` makes it, stored per split in
+shards of ``--shard-size`` images:
 
 - ``--encoding jpeg`` (the default): ``NNNNN.jpeg.npy``, the JPEG files (``--quality``, default 90, as FFCV
   stores ImageNet) one after the other as uint8 bytes, and ``NNNNN.offsets.npy`` (int64 [n + 1]: file i is bytes
