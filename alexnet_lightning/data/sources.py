@@ -38,7 +38,8 @@ SPLITS = ("train", "val")
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 # torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
-
+# PIL's modes of 16-bit grayscale: "I" is how it opens 16-bit PGM (and some PNG and TIFF) files.
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def cache_dir() -> Path:
@@ -49,14 +50,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-lightning"
 
 
-
 def sample_seed(*keys: int) -> int:
     """A 63-bit seed that depends on the keys only (the run's seed, the epoch, a sample index)."""
     return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-# PIL's modes of 16-bit grayscale: "I" is how it opens 16-bit PGM (and some PNG and TIFF) files.
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -209,8 +205,6 @@ def check_every_class_readable(dataset: ImageFolder, folder: Path) -> None:
            for target, name in enumerate(dataset.classes) if target not in readable]
     if bad:
         raise FileNotFoundError(f"Class folder(s) without a readable image: {'; '.join(bad)}")
-
-
 
 
 def open_split(root: Path, kind: Literal["archives", "folders"], split: str,
