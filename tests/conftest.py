@@ -62,6 +62,15 @@ def tiny_overlay(tmp_path) -> Path:
 
 
 @pytest.fixture
+def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
+    """The runner's arguments for a tiny study on the tiny data, W&B offline."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
+            "--results", str(tmp_path / "results"), "--study", "tiny"]
+
+
+@pytest.fixture
 def no_data_reads(monkeypatch):
     """Fails the test if the data module reads data (prepares, sets up, computes statistics or generates the set)."""
     from alexnet_lightning.data import builtin

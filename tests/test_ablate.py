@@ -22,14 +22,6 @@ sys.path.insert(0, str(REPO / "experiments"))
 import compare  # noqa: E402
 
 
-@pytest.fixture
-def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
-            "--results", str(tmp_path / "results"), "--study", "tiny"]
-
-
 @pytest.mark.slow
 def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path, monkeypatch, capsys):
     assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0

@@ -47,11 +47,8 @@ def weights(cli) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def study(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
-            "--results", str(tmp_path / "results"), "--study", "tiny"]
+def study(study_args):
+    return study_args
 
 
 class Stop(Exception):
