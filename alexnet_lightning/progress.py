@@ -1,7 +1,7 @@
 """Progress for logs that a cluster keeps: one readable line per epoch, and one every few minutes within a long one.
 
 A progress bar rewrites itself on every step. In a terminal that is what one wants; in a file (a cluster job's log,
-`ablate.py > log`) every rewrite stays: the quick preset wrote 310 KB of bar updates for two small cells, the paper's
+`runner.py > log`) every rewrite stays: the quick preset wrote 310 KB of bar updates for two small cells, the paper's
 10,009 steps an epoch would write hundreds of MB per run. The CLI uses `LogLines` instead of the bar when its output
 is not a terminal (cli.py).
 """

@@ -48,12 +48,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as classic
 
 from alexnet_lightning import CONFIGS
-from alexnet_lightning.data import prepared
+from alexnet_lightning.data import shards
 from alexnet_lightning.data.datamodule import ImageNetDataModule
-from alexnet_lightning.memory import keep_freed_memory
-from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.network import AlexNet, LocalResponseNorm
-from alexnet_lightning.reliability import training_callbacks
+from alexnet_lightning.model.module import AlexNetModule
+from alexnet_lightning.model.network import AlexNet, LocalResponseNorm
+from alexnet_lightning.training.allocator import keep_freed_memory
+from alexnet_lightning.training.stops import training_callbacks
 
 PAPER_IMAGES, PAPER_EPOCHS = 1_281_167, 90  # ILSVRC-2012 training set, ~90 epochs (Section 5)
 STATISTICS_IMAGES = 256  # mean image and lighting from a sample: the values do not change the speed
@@ -150,7 +150,7 @@ def disk_use(folder: Path) -> int:
 
 def psnr(jpeg: Path, raw: Path, count: int) -> dict[str, float]:
     """Per-image PSNR (dB, peak 255) of the first ``count`` JPEG-shard training images against the raw ones."""
-    decoded, exact = prepared.PreparedSplit(jpeg, "train"), prepared.PreparedSplit(raw, "train")
+    decoded, exact = shards.PreparedSplit(jpeg, "train"), shards.PreparedSplit(raw, "train")
     count = min(count, len(exact))
     errors = []
     for start in range(0, count, 256):
@@ -168,10 +168,10 @@ def prepare_both(root: Path, tmp: Path, workers: int, quality: int) -> tuple[dic
     results, folders = {}, {}
     for encoding in ("jpeg", "raw"):
         start = time.perf_counter()
-        folders[encoding] = prepared.prepare(str(root), tmp / encoding, workers=workers, encoding=encoding,
+        folders[encoding] = shards.prepare(str(root), tmp / encoding, workers=workers, encoding=encoding,
                                              quality=quality)
         seconds = time.perf_counter() - start
-        meta = prepared.read_meta(folders[encoding])
+        meta = shards.read_meta(folders[encoding])
         count = sum(split["images"] for split in meta["splits"].values())
         results[encoding] = {"disk_bytes": disk_use(folders[encoding]), "prepare_images_per_s": count / seconds}
     results["jpeg_to_raw"] = results["jpeg"]["disk_bytes"] / results["raw"]["disk_bytes"]
@@ -214,7 +214,7 @@ def one_core(root: Path, jpeg: Path, raw: Path, batch: int, count: int) -> dict[
                                                                           shuffle=True)}
     files = ImageNetDataModule(batch, root=str(root), num_workers=0, statistics_images=STATISTICS_IMAGES)
     files.setup("fit")
-    pipelines["ours, image by image (TrainPreset)"] = files.train_dataloader
+    pipelines["ours, image by image (TrainTransforms)"] = files.train_dataloader
     for name, folder in (("raw", raw), ("JPEG", jpeg)):
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=0, statistics_images=STATISTICS_IMAGES,
                                 decode="workers")

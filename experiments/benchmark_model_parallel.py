@@ -25,8 +25,8 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from alexnet_lightning import CONFIGS
-from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.strategy import TowerParallelStrategy
+from alexnet_lightning.model.module import AlexNetModule
+from alexnet_lightning.model.towers import TowerParallelStrategy
 
 SIZE, CLASSES = 227, 1000
 

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alexnet_lightning.report import load_outcomes, load_study, summarise, to_markdown
-from alexnet_lightning.tracking import read_offline_run, wandb_offline
+from alexnet_lightning.study.report import load_outcomes, load_study, summarise, to_markdown
+from alexnet_lightning.training.wandb_logger import read_offline_run, wandb_offline
 
 
 def kept(metrics: Any) -> dict[str, Any]:

@@ -26,10 +26,10 @@ def paper_optimisation() -> dict:
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory) -> Path:
     """A reduced built-in dataset (10 of its classes, 6 train and 3 val images each) in the ImageFolder layout."""
-    from alexnet_lightning.data import builtin
+    from alexnet_lightning.data import standin
 
     root = tmp_path_factory.mktemp("tiny") / "data"
-    builtin.generate(root, seed=0, train_per_class=6, val_per_class=3, classes=builtin.CLASSES[:10])
+    standin.generate(root, seed=0, train_per_class=6, val_per_class=3, classes=standin.CLASSES[:10])
     return root
 
 
@@ -73,7 +73,7 @@ def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
 @pytest.fixture
 def no_data_reads(monkeypatch):
     """Fails the test if the data module reads data (prepares, sets up, computes statistics or generates the set)."""
-    from alexnet_lightning.data import builtin
+    from alexnet_lightning.data import standin
     from alexnet_lightning.data.datamodule import ImageNetDataModule
 
     def read(*args, **kwargs):
@@ -81,7 +81,7 @@ def no_data_reads(monkeypatch):
 
     for name in ("prepare_data", "setup", "statistics"):
         monkeypatch.setattr(ImageNetDataModule, name, read)
-    monkeypatch.setattr(builtin, "ensure", read)
+    monkeypatch.setattr(standin, "ensure", read)
 
 
 @pytest.fixture(autouse=True)

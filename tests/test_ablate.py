@@ -13,9 +13,11 @@ import torch
 from nbclient import NotebookClient
 from torchvision.datasets import ImageFolder
 
-from alexnet_lightning import CONFIGS, ablate, outcomes
-from alexnet_lightning.inference import METHOD
-from alexnet_lightning.tracking import read_offline_run
+from alexnet_lightning import CONFIGS
+from alexnet_lightning.model import outcomes
+from alexnet_lightning.study import runner
+from alexnet_lightning.study.significance import METHOD
+from alexnet_lightning.training.wandb_logger import read_offline_run
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "experiments"))
@@ -24,7 +26,7 @@ import compare  # noqa: E402
 
 @pytest.mark.slow
 def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path, monkeypatch, capsys):
-    assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
+    assert runner.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "| baseline |" in out and "| no_lrn |" in out and METHOD in out
     study = tmp_path / "results" / "tiny"
@@ -52,7 +54,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
             assert 1 - kept["top1_correct"].mean() == pytest.approx(result["test/top1_error"], abs=1e-6)
             assert 1 - kept["top5_correct"].mean() == pytest.approx(result["test/top5_error"], abs=1e-6)
             assert result["diag/pca_noise_ratio"] == pytest.approx(0.1)  # the authors' lighting: lighting_std
-            assert result["diag/train_error_target"] == ablate.TRAIN_ERROR_TARGET
+            assert result["diag/train_error_target"] == runner.TRAIN_ERROR_TARGET
             assert "diag/epochs_to_train_error_target" in result and "diag/val_minus_train_top1" in result
             assert ("diag/conv1_lrn_factor_end" in result) is lrn and ("diag/lrn_inert" in result) is lrn
             [metrics_csv] = cell.glob("csv/attempt00/metrics.csv")
@@ -79,8 +81,8 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
     assert "No per-image outcome files" in out and f"{no_lrn['top1_delta']:+.2f} (no interval)" in out
 
     # Re-running trains nothing new.
-    monkeypatch.setattr(ablate, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
-    assert ablate.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
+    monkeypatch.setattr(runner, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    assert runner.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
     assert capsys.readouterr().out.count("finished earlier: skipped") == 4
 
     # The report notebook executes against the study.
@@ -93,7 +95,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
 
 
 def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, monkeypatch):
-    study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
+    study_dir, identity = runner.open_study(runner.parse_args(study_args))
     cell = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     cell.mkdir(parents=True)
     torch.save({"state_dict": {}}, cell / "last.ckpt")
@@ -106,9 +108,9 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
         seen["configs"] = args
         raise Stop
 
-    monkeypatch.setattr(ablate.alexnet_cli, "main", fake_main)
+    monkeypatch.setattr(runner.alexnet_cli, "main", fake_main)
     with pytest.raises(Stop):
-        ablate.run_cell(ablate.parse_args(study_args), study_dir, identity, "baseline", 0)
+        runner.run_cell(runner.parse_args(study_args), study_dir, identity, "baseline", 0)
     cell_yaml = Path(seen["configs"][-1]).read_text()
     assert "attempt00" in cell_yaml  # the first attempt's logs are kept; a resumed attempt writes attempt01
 
@@ -126,28 +128,28 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
 )
 def test_bad_input_fails_before_training(argv, message, capsys):
     with pytest.raises(SystemExit):
-        ablate.parse_args(argv)
+        runner.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_packaged_configs_by_name_and_results_under_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ablate.parse_args(["--config", "gpu", "--strategy", "towers"])
+    args = runner.parse_args(["--config", "gpu", "--strategy", "towers"])
     assert args.results == Path("results") and args.extra_configs == [CONFIGS / "gpu.yaml"]
-    assert ablate.base_configs(args) == [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml",
+    assert runner.base_configs(args) == [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml",
                                          CONFIGS / "gpu.yaml", CONFIGS / "strategy" / "towers.yaml"]
     (tmp_path / "gpu").write_text("trainer:\n  max_epochs: 2\n")  # a file as given comes before a name
-    assert ablate.parse_args(["--config", "gpu"]).extra_configs == [Path("gpu")]
+    assert runner.parse_args(["--config", "gpu"]).extra_configs == [Path("gpu")]
 
 
 def test_a_study_folder_of_another_config_is_refused(study_args):
-    ablate.open_study(ablate.parse_args(study_args))
+    runner.open_study(runner.parse_args(study_args))
     with pytest.raises(SystemExit, match="differs in: epochs"):
-        ablate.open_study(ablate.parse_args([*study_args, "--epochs", "3"]))
+        runner.open_study(runner.parse_args([*study_args, "--epochs", "3"]))
 
 
 def test_a_study_folder_from_before_the_readings_were_recorded_is_refused(study_args):
-    study_dir, identity = ablate.open_study(ablate.parse_args(study_args))
+    study_dir, identity = runner.open_study(runner.parse_args(study_args))
     assert identity["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
                                     "lighting_rescale": False}
     study_file = study_dir / "study.json"
@@ -156,36 +158,36 @@ def test_a_study_folder_from_before_the_readings_were_recorded_is_refused(study_
     study_file.write_text(json.dumps(old))
     with pytest.raises(SystemExit, match=r"differs in: readings\). Its LRN and PCA lighting were computed with "
                                          r"\{'lrn_formula': 'printed'"):
-        ablate.open_study(ablate.parse_args(study_args))
+        runner.open_study(runner.parse_args(study_args))
 
 
 def test_cells_run_baseline_first_and_one_cell_alone():
-    args = ablate.parse_args(["--no-lrn", "--tanh", "--seeds", "2"])
-    assert ablate.cells(args) == [("baseline", 0), ("no_lrn", 0), ("tanh", 0), ("baseline", 1), ("no_lrn", 1),
+    args = runner.parse_args(["--no-lrn", "--tanh", "--seeds", "2"])
+    assert runner.cells(args) == [("baseline", 0), ("no_lrn", 0), ("tanh", 0), ("baseline", 1), ("no_lrn", 1),
                                   ("tanh", 1)]
-    assert ablate.cells(ablate.parse_args(["--variant", "no_lrn", "--seed", "3"])) == [("no_lrn", 3)]
-    assert len(ablate.cells(ablate.parse_args(["--all"]))) == 8
+    assert runner.cells(runner.parse_args(["--variant", "no_lrn", "--seed", "3"])) == [("no_lrn", 3)]
+    assert len(runner.cells(runner.parse_args(["--all"]))) == 8
 
 
 def test_the_paper_preset_trains_from_prepared_shards(tmp_path, monkeypatch):
     monkeypatch.setenv("ALEXNET_LIGHTNING_CACHE", str(tmp_path / "cache"))
     imagenet = tmp_path / "imagenet"
     imagenet.mkdir()
-    args = ablate.parse_args(["--data-root", str(imagenet)])
+    args = runner.parse_args(["--data-root", str(imagenet)])
     assert args.preset == "paper" and args.prepared.parent == tmp_path / "cache" / "prepared"
-    config = ablate.cell_config(args, tmp_path / "cell", "baseline", 0, 0)
+    config = runner.cell_config(args, tmp_path / "cell", "baseline", 0, 0)
     assert config["data"] == {"root": str(imagenet), "prepared": str(args.prepared)}
-    assert ablate.parse_args(["--data-root", str(imagenet), "--prepared", "none"]).prepared is None
-    assert ablate.parse_args([]).prepared is None  # the quick preset reads the built-in files
+    assert runner.parse_args(["--data-root", str(imagenet), "--prepared", "none"]).prepared is None
+    assert runner.parse_args([]).prepared is None  # the quick preset reads the built-in files
     (imagenet / "prepared.json").write_text("{}")  # a root that is prepared already is read as it is
-    assert ablate.parse_args(["--data-root", str(imagenet)]).prepared is None
+    assert runner.parse_args(["--data-root", str(imagenet)]).prepared is None
 
 
 @pytest.mark.slow
 def test_a_tiny_two_tower_study_trains_on_two_processes_and_the_first_alone_writes_the_study(study_args, tmp_path):
     # A subprocess: Lightning's launcher starts the command again for the second tower. Its own session, so that a
     # process hanging in a collective is killed with the rest on a timeout.
-    command = [sys.executable, "-m", "alexnet_lightning.ablate", *study_args, "--no-lrn", "--strategy", "towers"]
+    command = [sys.executable, "-m", "alexnet_lightning.study.runner", *study_args, "--no-lrn", "--strategy", "towers"]
     runner = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:

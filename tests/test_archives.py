@@ -12,10 +12,10 @@ import pytest
 import torch
 from torchvision.datasets import imagenet
 
-from alexnet_lightning.cli import main
-from alexnet_lightning.data import prepared
+from alexnet_lightning.data import shards
 from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.data.sources import resize_and_centre
+from alexnet_lightning.training.cli import main
 from tests.archives import COLOURS, label_of_colour, write_archives
 from tests.test_cli import QUICK
 
@@ -154,14 +154,14 @@ def test_fit_then_ten_crop_test_from_the_archives(imagenet_archives, tiny_overla
     assert crops.shape == (8, 10, 3, 67, 67) and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_prepared_shards_of_the_archives_keep_the_synsets_and_the_ground_truth(imagenet_archives, tmp_path) -> None:
-    dest = prepared.prepare(str(imagenet_archives.root), tmp_path / "prepared", size=32, shard_size=8)
+def test_shards_shards_of_the_archives_keep_the_synsets_and_the_ground_truth(imagenet_archives, tmp_path) -> None:
+    dest = shards.prepare(str(imagenet_archives.root), tmp_path / "prepared", size=32, shard_size=8)
     meta = json.loads((dest / "prepared.json").read_text())
     assert meta["classes"] == list(imagenet_archives.wnids)
     assert {split: info["images"] for split, info in meta["splits"].items()} == {"train": 20, "val": 8}
     assert meta["splits"]["train"]["shards"] == 3
     for split in ("train", "val"):
-        data = prepared.PreparedSplit(dest, split)
+        data = shards.PreparedSplit(dest, split)
         images, labels, _, _ = data.__getitems__(list(range(len(data))))
         assert [label_of_colour(image.numpy()) for image in images] == labels.tolist()
         assert np.bincount(labels).tolist() == ([5] * 4 if split == "train" else [2] * 4)

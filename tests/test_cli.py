@@ -5,8 +5,8 @@ import pytest
 import torch
 import yaml
 
-from alexnet_lightning.cli import main, named_configs
-from alexnet_lightning.data import builtin
+from alexnet_lightning.data import standin
+from alexnet_lightning.training.cli import main, named_configs
 from tests.conftest import PYPROJECT, REPO
 
 QUICK = ["--config", "paper", "--config", "quick"]  # packaged configs by name
@@ -45,7 +45,7 @@ def test_fit_a_few_steps_then_test_from_the_checkpoint(tiny_imagefolder, tiny_ov
 def test_paper_config_resolves_to_the_paper_network(tmp_path):
     cli = main([*QUICK[:2], "--trainer.default_root_dir", str(tmp_path)], run=False)
     layers = cli.model.network.learned_layers()
-    classes = builtin.NUM_CLASSES  # fc8 has the built-in set's classes
+    classes = standin.NUM_CLASSES  # fc8 has the built-in set's classes
     assert sum(p.numel() for p in cli.model.parameters()) == 60_965_224 - 4_097_000 + 4096 * classes + classes
     assert layers["conv1"].out_channels == 96 and layers["conv2"].groups == 2
     assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import RandomSampler
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning.data import builtin, statistics
+from alexnet_lightning.data import standin, statistics
 from alexnet_lightning.data.datamodule import ImageNetDataModule, ResumableSampler
 from alexnet_lightning.data.sources import collate_skipping_unreadable, load_rgb, rescale_and_centre
 
@@ -84,9 +84,9 @@ def test_loader_defaults(tmp_path, cache) -> None:
 
 def test_root_none_is_the_builtin_dataset_generated_on_first_use(cache, monkeypatch) -> None:
     # The one test that generates the built-in set, at two images per class instead of 300.
-    monkeypatch.setattr(builtin, "ensure", functools.partial(builtin.ensure, train_per_class=2, val_per_class=2))
+    monkeypatch.setattr(standin, "ensure", functools.partial(standin.ensure, train_per_class=2, val_per_class=2))
     dm = ImageNetDataModule(batch_size=8, resize_size=RESIZE, crop_size=CROP, num_workers=0)
-    assert dm.num_classes == builtin.NUM_CLASSES
+    assert dm.num_classes == standin.NUM_CLASSES
     dm.prepare_data()
     folder = dm.data_root()
     assert folder.parent == cache
@@ -94,7 +94,7 @@ def test_root_none_is_the_builtin_dataset_generated_on_first_use(cache, monkeypa
     dm.setup("fit")
     images, labels, _ = next(iter(dm.val_dataloader()))
     assert images.shape == (8, 3, CROP, CROP)
-    assert labels.max() < builtin.NUM_CLASSES
+    assert labels.max() < standin.NUM_CLASSES
 
 
 # Statistics

@@ -7,7 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from alexnet_lightning.diagnostics import (
+from alexnet_lightning.model.module import AlexNetModule
+from alexnet_lightning.model.network import AlexNet, LocalResponseNorm
+from alexnet_lightning.model.towers import TowerParallelStrategy
+from alexnet_lightning.training.diagnostics import (
     INERT_WITHIN,
     Diagnostics,
     epochs_to,
@@ -17,10 +20,7 @@ from alexnet_lightning.diagnostics import (
     pca_noise_ratio,
     val_minus_train,
 )
-from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.network import AlexNet, LocalResponseNorm
-from alexnet_lightning.strategy import TowerParallelStrategy
-from tests.test_strategy import BATCH, EXACT, data, join, spawn, trainer
+from tests.test_towers import BATCH, EXACT, data, join, spawn, trainer
 
 K_BETA = 2.0**0.75
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.network import LocalResponseNorm, _LocalResponseNorm, local_response_norm, lrn_by_ops
+from alexnet_lightning.model.module import AlexNetModule
+from alexnet_lightning.model.network import LocalResponseNorm, _LocalResponseNorm, local_response_norm, lrn_by_ops
 
 
 def plain_lrn(x: torch.Tensor, towers: int, n=5, k=2.0, per_term=1e-4 / 5, beta=0.75) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_freed_memory_is_kept_for_reuse_after_keep_freed_memory():
 
     script = """
 import os, sys, torch
-from alexnet_lightning.memory import keep_freed_memory
+from alexnet_lightning.training.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def resident():
@@ -126,7 +126,7 @@ def test_keep_freed_memory_hands_glibc_values_that_a_c_int_holds(monkeypatch):
     free, so that the next batch-sized tensor paid page faults for all its pages again."""
     import ctypes
 
-    from alexnet_lightning import memory
+    from alexnet_lightning.training import allocator as memory
 
     received = {}
 
@@ -175,7 +175,7 @@ def test_the_fast_lrn_keeps_channels_last():
 
 @pytest.mark.slow
 def test_compiled_lrn_is_made_of_plain_ops_with_the_values_and_gradients_of_the_fast_lrn(monkeypatch):
-    from alexnet_lightning import network
+    from alexnet_lightning.model import network
 
     traced = []
     monkeypatch.setattr(network, "lrn_by_ops", lambda *args: traced.append(1) or lrn_by_ops(*args))

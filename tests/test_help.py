@@ -58,7 +58,7 @@ def test_every_console_command_renders_its_help(name, capsys, monkeypatch):
 
 @pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])
 def test_the_cli_and_its_subcommands_render_their_help_and_describe_the_project(subcommand, capsys, monkeypatch):
-    from alexnet_lightning.cli import main
+    from alexnet_lightning.training.cli import main
 
     out = help_text(lambda: main([*subcommand, "--help"]), capsys, monkeypatch, ["alexnet-lightning"])
     assert "usage: alexnet-lightning" in out

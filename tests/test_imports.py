@@ -6,7 +6,9 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-DATA_STEPS = ["sources", "builtin", "statistics", "transforms", "prepared", "datamodule", "__main__"]
+DATA_STEPS = ["sources", "standin", "statistics", "transforms", "shards", "sampling", "datamodule", "__main__"]
+# The package's groups, lowest first: a module imports only from its own group and the groups before it.
+LAYERS = [("files", "progress"), ("data",), ("model",), ("training",), ("study",)]
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -66,6 +68,24 @@ def test_each_data_step_imports_only_the_steps_before_it():
         earlier = {f"alexnet_lightning.data.{s}" for s in DATA_STEPS[:i]}
         later = (graph[f"alexnet_lightning.data.{step}"] & steps) - earlier
         assert not later, f"{step} imports {sorted(later)}, which come after it"
+
+
+def layer(module: str) -> int | None:
+    part = module.split(".")[1] if "." in module else None
+    return next((i for i, names in enumerate(LAYERS) if part in names), None)
+
+
+def test_the_groups_import_only_downwards():
+    graph = import_graph(REPO, "alexnet_lightning")
+    package = Path(REPO, "alexnet_lightning")
+    top = sorted(p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top) <= 3, f"modules at the package's top: {top}"
+    groups = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    assert set(top) | set(groups) == {name for names in LAYERS for name in names}, "a module or group not in LAYERS"
+    for module, targets in graph.items():
+        for target in targets:
+            if layer(module) is not None and layer(target) is not None:
+                assert layer(target) <= layer(module), f"{module} imports {target}, a group above it"
 
 
 def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path):

@@ -6,7 +6,7 @@ options."""
 import pytest
 import torch
 
-from alexnet_lightning.data.transforms import BatchAugmentation, TrainPreset
+from alexnet_lightning.data.transforms import BatchAugmentation, TrainTransforms
 
 SIDE, CROP, DRAWS = 8, 6, 6000
 EIGVAL = torch.tensor([0.04, 0.01, 0.0025], dtype=torch.float64)  # [0, 1]-scale variances along the eigenvectors
@@ -16,8 +16,8 @@ MEAN = torch.tensor([0.5, 0.4, 0.3])
 
 
 def file_path_outputs(value_scale: float, **options) -> torch.Tensor:
-    """The mean colour of each of DRAWS training crops of one flat image through TrainPreset: [DRAWS, 3]."""
-    preset = TrainPreset(MEAN, EIGVAL.float(), EIGVEC.float(), SIDE, CROP, 0.1, value_scale, **options)
+    """The mean colour of each of DRAWS training crops of one flat image through TrainTransforms: [DRAWS, 3]."""
+    preset = TrainTransforms(MEAN, EIGVAL.float(), EIGVEC.float(), SIDE, CROP, 0.1, value_scale, **options)
     image = COLOUR.view(3, 1, 1).expand(3, SIDE, SIDE).clone()  # a uint8 tensor goes through as a PIL image would
     torch.manual_seed(0)
     return torch.stack([preset(image).double().mean((1, 2)) for _ in range(DRAWS)])

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from alexnet_lightning.module import AlexNetModule
+from alexnet_lightning.model.module import AlexNetModule
 
 SMALL = {"num_classes": 10, "width": 0.125, "input_size": 67}
 
@@ -80,7 +80,7 @@ def test_a_few_steps_log_errors_and_lower_the_loss(paper_optimisation, tmp_path)
 
 
 def test_a_checkpoint_records_the_readings_and_one_from_before_them_is_refused(paper_optimisation):
-    from alexnet_lightning.module import LEGACY_READINGS
+    from alexnet_lightning.model.module import LEGACY_READINGS
 
     module = AlexNetModule(**paper_optimisation, **SMALL)
     checkpoint = {"state_dict": {}}

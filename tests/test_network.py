@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_lightning.network import AlexNet, LocalResponseNorm, local_response_norm
+from alexnet_lightning.model.network import AlexNet, LocalResponseNorm, local_response_norm
 
 # PAPER.md, Architecture: the maps after each conv layer, pooled where there is pooling.
 PAPER_SHAPES = {

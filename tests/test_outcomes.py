@@ -11,10 +11,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import ImageFolder
 
-from alexnet_lightning import outcomes
 from alexnet_lightning.data.sources import SkipUnreadable
-from alexnet_lightning.module import AlexNetModule
-from tests.test_strategy import free_port, join
+from alexnet_lightning.model import outcomes
+from alexnet_lightning.model.module import AlexNetModule
+from tests.test_towers import free_port, join
 
 
 def test_per_image_rows_give_prediction_label_and_top1_top5_correctness():

@@ -23,12 +23,14 @@ import yaml
 from lightning.pytorch import Callback
 from PIL import Image
 
-from alexnet_lightning import CONFIGS, ablate, reliability
-from alexnet_lightning.cli import main
-from alexnet_lightning.reliability import AtomicCheckpointIO, CheckpointOnSigterm, RandomState, StopOnNonFiniteLoss
-from alexnet_lightning.report import read_curves, summarise, write_report, write_tables
-from alexnet_lightning.strategy import TowerParallelStrategy
-from alexnet_lightning.tracking import FallbackWandbLogger
+from alexnet_lightning import CONFIGS, files
+from alexnet_lightning.model.towers import TowerParallelStrategy
+from alexnet_lightning.study import identity, runner
+from alexnet_lightning.study.report import read_curves, summarise, write_report, write_tables
+from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, RandomState
+from alexnet_lightning.training.cli import main
+from alexnet_lightning.training.stops import CheckpointOnSigterm, StopOnNonFiniteLoss
+from alexnet_lightning.training.wandb_logger import FallbackWandbLogger
 from tests.conftest import REPO
 
 QUICK = ["--config", str(CONFIGS / "paper.yaml"), "--config", str(CONFIGS / "presets" / "quick.yaml")]
@@ -98,7 +100,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
             written.append(os.path.getsize(self.file.name))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(reliability, "open", FullDisk, raising=False)
+    monkeypatch.setattr(files, "open", FullDisk, raising=False)
     with pytest.raises(OSError) as raised:
         AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(10_000)}, path)
     assert raised.value.errno == errno.ENOSPC and written[0] > len(before)  # it failed mid-write
@@ -186,7 +188,7 @@ def test_unreachable_wandb_goes_offline_with_one_warning_whatever_the_run_id(ser
     start = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # As ablate.py's cells make it: a run id, resume="allow", and, from the CLI, every argument of wandb.init
+        # As runner.py's cells make it: a run id, resume="allow", and, from the CLI, every argument of wandb.init
         logger = FallbackWandbLogger(project="p", save_dir=str(tmp_path), init_timeout=2, id="cell00000000",
                                      resume="allow", settings=None)
         logger.log_metrics({"x": 1.0}, step=0)
@@ -283,7 +285,7 @@ def test_a_resumed_run_keeps_every_step_of_the_plateau_schedule(tiny_fit, tmp_pa
     assert all(torch.equal(weights(whole)[k], v) for k, v in weights(resumed).items())
 
 
-# Signals: SIGTERM at any phase of ablate.py ends it with status 143 after a checkpoint or a written result
+# Signals: SIGTERM at any phase of runner.py ends it with status 143 after a checkpoint or a written result
 
 
 class TermAt(Callback):
@@ -325,7 +327,7 @@ def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothin
     stage, batch = {"training": ("train", 1), "validation": ("validate", 0), "test": ("test", 0),
                     "last test batch": ("test", 1), "between cells": (None, None)}[phase]
     cell = tmp_path / "results" / "tiny" / "runs" / "baseline" / "seed0"
-    real_main, real_run_cell = ablate.alexnet_cli.main, ablate.run_cell
+    real_main, real_run_cell = runner.alexnet_cli.main, runner.run_cell
 
     def main_with_signal(args, run=True):
         cli = real_main(args, run=run)
@@ -339,15 +341,15 @@ def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothin
             os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patches:
-        patches.setattr(ablate.alexnet_cli, "main", main_with_signal)
-        patches.setattr(ablate, "run_cell", run_cell_then_signal)
+        patches.setattr(runner.alexnet_cli, "main", main_with_signal)
+        patches.setattr(runner, "run_cell", run_cell_then_signal)
         with pytest.raises(SystemExit) as stopped:
-            ablate.main([*study, "--no-lrn"])
+            runner.main([*study, "--no-lrn"])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert not (cell.parent.parent / "no_lrn").exists()  # the next cell never started
     assert (cell / "result.json").exists() == (phase in ("last test batch", "between cells"))
 
-    assert ablate.main([*study, "--no-lrn"]) == 0
+    assert runner.main([*study, "--no-lrn"]) == 0
     result = json.loads((cell / "result.json").read_text())
     assert {"val/top1_error", "val/loss", "test/top1_error"} <= set(result)
     curves = read_curves(sorted(cell.glob("csv/attempt*/metrics.csv")))
@@ -374,7 +376,7 @@ def test_a_fit_stopped_in_a_validation_does_it_again_and_ends_as_an_uninterrupte
 
 
 def test_the_command_exits_143_after_a_sigterm_that_came_too_late_to_stop_its_stage(monkeypatch, sigterm_caught):
-    from alexnet_lightning import cli
+    from alexnet_lightning.training import cli
 
     monkeypatch.setattr(cli, "main", lambda: os.kill(os.getpid(), signal.SIGTERM))  # say, in the last test batch
     with pytest.raises(SystemExit) as stopped:
@@ -388,7 +390,7 @@ def test_the_command_exits_143_after_a_sigterm_that_came_too_late_to_stop_its_st
 @pytest.mark.parametrize("epochs", ["-1", "0"])
 def test_epochs_below_one_are_refused(epochs, capsys):
     with pytest.raises(SystemExit):
-        ablate.parse_args(["--epochs", epochs])
+        runner.parse_args(["--epochs", epochs])
     assert f"--epochs must be at least 1, got {epochs}" in capsys.readouterr().err
 
 
@@ -399,7 +401,7 @@ def test_impossible_numbers_stop_the_study_before_any_data_is_read(overlay, mess
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(overlay))
     with pytest.raises(SystemExit, match=message):
-        ablate.main(["--config", str(bad), "--results", str(tmp_path / "results")])
+        runner.main(["--config", str(bad), "--results", str(tmp_path / "results")])
     assert not (tmp_path / "results").exists()
 
 
@@ -409,14 +411,14 @@ def test_an_impossible_batch_size_stops_the_command_before_any_data_is_read(no_d
 
 
 def test_the_presets_own_number_of_epochs_given_again_is_the_same_study(study):
-    ablate.open_study(ablate.parse_args(study))  # the tiny overlay's one epoch
-    ablate.open_study(ablate.parse_args([*study, "--epochs", "1"]))
-    study_file = ablate.parse_args(study).results / "tiny" / "study.json"
+    runner.open_study(runner.parse_args(study))  # the tiny overlay's one epoch
+    runner.open_study(runner.parse_args([*study, "--epochs", "1"]))
+    study_file = runner.parse_args(study).results / "tiny" / "study.json"
     recorded = json.loads(study_file.read_text())
     study_file.write_text(json.dumps(recorded | {"epochs": None}))  # as written before the epochs were resolved
-    ablate.open_study(ablate.parse_args([*study, "--epochs", "1"]))
+    runner.open_study(runner.parse_args([*study, "--epochs", "1"]))
     with pytest.raises(SystemExit, match="differs in: epochs"):
-        ablate.open_study(ablate.parse_args([*study, "--epochs", "2"]))
+        runner.open_study(runner.parse_args([*study, "--epochs", "2"]))
 
 
 # Damage: a damaged checkpoint falls back to the newest intact one, a damaged result is named and its cell redone
@@ -434,45 +436,45 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tiny_fit,
 
 
 def test_a_study_resumes_a_cell_from_its_newest_intact_checkpoint(study, monkeypatch, capsys):
-    args = ablate.parse_args(study)
-    study_dir, identity = ablate.open_study(args)
+    args = runner.parse_args(study)
+    study_dir, identity = runner.open_study(args)
     folder = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     folder.mkdir(parents=True)
     torch.save({"state_dict": {}, "global_step": 4}, folder / "epoch=0-step=4.ckpt")
     (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
-    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli({}))
+    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli({}))
     with pytest.warns(UserWarning, match="last.ckpt is damaged"), pytest.raises(Stop):
-        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+        runner.run_cell(args, study_dir, identity, "baseline", 0)
     assert f"resuming from {folder / 'epoch=0-step=4.ckpt'}" in capsys.readouterr().out
     (folder / "epoch=0-step=4.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match="Every checkpoint is damaged: .*epoch=0-step=4.ckpt .*last.ckpt"):
-        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+        runner.run_cell(args, study_dir, identity, "baseline", 0)
 
 
 @pytest.mark.parametrize("text", ['{"variant": "baseline", "seed": 0, "test/top1_', '{"seed": 0}', "[]",
                                   '{"variant": "baseline", "seed": 0, "test/top1_error": 0.5}'])
 def test_a_damaged_result_is_named_and_its_cell_runs_again(text, study, monkeypatch, capsys):
-    args = ablate.parse_args(study)
-    study_dir, identity = ablate.open_study(args)
+    args = runner.parse_args(study)
+    study_dir, identity = runner.open_study(args)
     result = study_dir / "runs" / "baseline" / "seed0" / "result.json"
     result.parent.mkdir(parents=True)
     result.write_text(text)
     with pytest.warns(UserWarning, match=f"The result {re.escape(str(result))} is damaged"):
         write_report(study_dir)  # the table leaves it out, naming it
     seen = {}
-    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli(seen))
+    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli(seen))
     with pytest.raises(Stop):
-        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+        runner.run_cell(args, study_dir, identity, "baseline", 0)
     assert f"The result {result} is damaged" in capsys.readouterr().out
     assert str(result.parent / "cell.yaml") in seen["args"]
 
 
 def test_a_damaged_study_file_stops_the_study_naming_it(study):
-    args = ablate.parse_args(study)
-    study_dir, _ = ablate.open_study(args)
+    args = runner.parse_args(study)
+    study_dir, _ = runner.open_study(args)
     (study_dir / "study.json").write_text('{"preset": "quick", "base_')
     with pytest.raises(SystemExit, match=f"the study file {re.escape(str(study_dir / 'study.json'))} is damaged"):
-        ablate.open_study(args)
+        runner.open_study(args)
 
 
 # Concurrency: study files written whole, cells of one study at once
@@ -482,23 +484,23 @@ def open_study_once_it_appears(args) -> None:
     study_file, deadline = args.results / args.study / "study.json", time.monotonic() + 60
     while not study_file.exists() and time.monotonic() < deadline:
         pass
-    ablate.open_study(args)
+    runner.open_study(args)
 
 
 def test_cells_of_a_new_study_started_together_agree_on_its_study_file(study, monkeypatch):
     # The first cell writes study.json; three more start the moment it appears. A large identity makes the write
     # take long enough for them to read the file meanwhile.
-    identity = ablate.study_identity(ablate.parse_args(study)) | {"base_config": {"padding": "x" * 30_000_000}}
-    monkeypatch.setattr(ablate, "study_identity", lambda args: identity)
+    large = identity.study_identity(runner.parse_args(study)) | {"base_config": {"padding": "x" * 30_000_000}}
+    monkeypatch.setattr(identity, "study_identity", lambda args: large)
     context = multiprocessing.get_context("fork")
-    cells = [context.Process(target=open_study_once_it_appears, args=(ablate.parse_args(study),)) for _ in range(3)]
-    cells.append(context.Process(target=ablate.open_study, args=(ablate.parse_args(study),)))
+    cells = [context.Process(target=open_study_once_it_appears, args=(runner.parse_args(study),)) for _ in range(3)]
+    cells.append(context.Process(target=runner.open_study, args=(runner.parse_args(study),)))
     for cell in cells:
         cell.start()
     for cell in cells:
         cell.join(90)
     assert [cell.exitcode for cell in cells] == [0] * 4
-    assert json.loads((ablate.parse_args(study).results / "tiny" / "study.json").read_text()) == identity
+    assert json.loads((runner.parse_args(study).results / "tiny" / "study.json").read_text()) == large
 
 
 def test_a_reader_never_sees_a_report_file_half_written(tmp_path):
@@ -513,14 +515,14 @@ def test_a_reader_never_sees_a_report_file_half_written(tmp_path):
 
 
 def test_a_cell_that_another_process_runs_is_skipped(study, monkeypatch, capsys):
-    args = ablate.parse_args(study)
-    study_dir, identity = ablate.open_study(args)
+    args = runner.parse_args(study)
+    study_dir, identity = runner.open_study(args)
     lock = study_dir / "runs" / "baseline" / "seed0" / ".cell.lock"
     lock.parent.mkdir(parents=True)
-    monkeypatch.setattr(ablate.alexnet_cli, "main", stop_at_cli({}))
+    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli({}))
     with open(lock, "a") as other:
         fcntl.flock(other, fcntl.LOCK_EX)  # as another process running the cell holds it
-        ablate.run_cell(args, study_dir, identity, "baseline", 0)
+        runner.run_cell(args, study_dir, identity, "baseline", 0)
     assert "[baseline seed 0] running in another process: skipped" in capsys.readouterr().out
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_lightning import outcomes as outcome_files
-from alexnet_lightning.inference import METHOD, compare_variants
-from alexnet_lightning.report import NO_OUTCOMES, load_outcomes, plot, summarise, to_markdown, write_tables
+from alexnet_lightning.model import outcomes as outcome_files
+from alexnet_lightning.study.report import NO_OUTCOMES, load_outcomes, plot, summarise, to_markdown, write_tables
+from alexnet_lightning.study.significance import METHOD, compare_variants
 
 IMAGES = 400
 K_BETA = 2.0**0.75
@@ -19,7 +19,7 @@ K_BETA = 2.0**0.75
 
 def simulated_study():
     """Per-image errors of a small study: no_lrn wrong on 8% more images at every seed, no_overlap changing nothing
-    on average, tanh run at one seed only. Returns (results, outcomes) as ablate.py would leave them."""
+    on average, tanh run at one seed only. Returns (results, outcomes) as runner.py would leave them."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, IMAGES)
     errors = {"baseline": {s: rng.random(IMAGES) < 0.3 for s in range(3)}}

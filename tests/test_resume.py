@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from alexnet_lightning.cli import main
+from alexnet_lightning.training.cli import main
 from tests.conftest import REPO
 from tests.test_cli import QUICK
 
@@ -60,7 +60,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_imagefol
     common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder)]
     # 60 training images in batches of 16: 4 steps per epoch. Killed in step 6, the second of epoch 1.
     killed_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "alexnet_lightning.cli", "fit", *common, "--config",
+    cmd = [sys.executable, "-m", "alexnet_lightning.training.cli", "fit", *common, "--config",
            str(overlay(tmp_path / "kill.yaml", kill_at=6)), "--trainer.default_root_dir", str(killed_dir)]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]

@@ -8,9 +8,9 @@ from PIL import Image
 from alexnet_lightning.data.sources import load_rgb, rescale_and_centre
 from alexnet_lightning.data.statistics import PUBLISHED_EIGVAL, PUBLISHED_EIGVEC
 from alexnet_lightning.data.transforms import (
-    EvalPreset,
+    EvalTransforms,
     PCALighting,
-    TrainPreset,
+    TrainTransforms,
     lighting_weights,
     pca_lighting,
     ten_crop,
@@ -43,7 +43,7 @@ def test_random_crops_are_inside_the_image_and_sometimes_mirrored() -> None:
     image = random_image(45, 30)
     mean = torch.rand(3, RESIZE, RESIZE)
     centred = rescale_and_centre(RESIZE)(image) - mean
-    preset = TrainPreset(mean, PUBLISHED_EIGVAL, PUBLISHED_EIGVEC, RESIZE, CROP, lighting_std=None)
+    preset = TrainTransforms(mean, PUBLISHED_EIGVAL, PUBLISHED_EIGVEC, RESIZE, CROP, lighting_std=None)
     offsets, mirrored = set(), []
     torch.manual_seed(0)
     for _ in range(40):
@@ -88,9 +88,9 @@ def test_eval_presets_centre_crop_and_ten_crops() -> None:
     mean = torch.rand(3, RESIZE, RESIZE)
     centred = rescale_and_centre(RESIZE)(image) - mean
     margin = (RESIZE - CROP) // 2
-    centre = EvalPreset(mean, RESIZE, CROP)(image)
+    centre = EvalTransforms(mean, RESIZE, CROP)(image)
     assert torch.equal(centre, centred[:, margin : margin + CROP, margin : margin + CROP])
-    crops = EvalPreset(mean, RESIZE, CROP, ten_crops=True)(image)
+    crops = EvalTransforms(mean, RESIZE, CROP, ten_crops=True)(image)
     assert crops.shape == (10, 3, CROP, CROP)
     assert torch.equal(crops[4], centre) and torch.equal(crops[9], centre.flip(-1))
 

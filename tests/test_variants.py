@@ -1,12 +1,12 @@
 import yaml
 
-from alexnet_lightning.network import AlexNet
-from alexnet_lightning.variants import ABLATIONS, VARIANTS, generated_files, merge
+from alexnet_lightning.model.network import AlexNet
+from alexnet_lightning.study.variants import ABLATIONS, VARIANTS, generated_files, merge
 
 
 def test_committed_overlays_and_sweep_are_generated_from_the_registry():
     for path, text in generated_files().items():
-        assert path.read_text() == text, f"{path} is stale: run python -m alexnet_lightning.variants"
+        assert path.read_text() == text, f"{path} is stale: run python -m alexnet_lightning.study.variants"
 
 
 def test_every_model_override_is_an_argument_of_the_network():

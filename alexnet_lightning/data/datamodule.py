@@ -1,5 +1,5 @@
 """ImageNet (or the built-in stand-in) as a LightningDataModule, with the paper's pipeline: the last step of
-``sources.py`` → ``builtin.py`` → ``statistics.py`` → ``transforms.py`` → ``prepared.py`` → here.
+``sources.py`` → ``standin.py`` → ``statistics.py`` → ``transforms.py`` → ``shards.py`` → here.
 
 The data root is ``None`` (the built-in stand-in, generated on first use into the cache folder), an ImageFolder
 layout, the ILSVRC-2012 archives, or a prepared folder (``sources.layout``). From a prepared folder (the fast path)
@@ -23,53 +23,14 @@ import lightning as L
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning.data import builtin, prepared, sources
+from alexnet_lightning.data import shards, sources, standin
+from alexnet_lightning.data.sampling import ResumableLoader, ResumableSampler, as_batch
 from alexnet_lightning.data.statistics import Statistics, load_or_compute
-from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalPreset, TrainPreset
+from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalTransforms, TrainTransforms
 from alexnet_lightning.progress import progress
-
-
-class ResumableSampler(DistributedSampler):
-    """Shuffles by (seed, epoch) as DistributedSampler does and yields ``(seed, epoch, index)`` keys, so that
-    a sample's augmentation depends on the key alone; ``resume_at = (epoch, batches)`` starts that epoch
-    after the batches already trained (a mid-epoch resume)."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.batch_size, self.resume_at = batch_size, (-1, 0)
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        indices = list(super().__iter__())
-        if self.resume_at[0] == self.epoch:
-            indices = indices[self.resume_at[1] * self.batch_size :]
-        return iter([(self.seed, self.epoch, index) for index in indices])
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in checkpoints and restores (its state_dict interface):
-    ``progress()`` gives (epoch, batches trained in it) when a checkpoint is written."""
-
-    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-
-    def state_dict(self) -> dict[str, int]:
-        epoch, batches = self.progress()
-        if batches >= len(self):  # written at the end of an epoch: the resumed run starts the next one
-            epoch, batches = epoch + 1, 0
-        return {"epoch": epoch, "batches": batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at = (state["epoch"], state["batches"])
-        self.sampler.set_epoch(state["epoch"])  # Lightning starts the resumed epoch's iterator before its set_epoch
-
-
-def _as_batch(batch: Any) -> Any:
-    """The collate function of prepared splits, which read whole batches themselves."""
-    return batch
 
 
 class _LogSkippedFiles(L.Callback):
@@ -184,7 +145,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else sources.layout(Path(root))
         if self.layout is None:
-            self.num_classes = builtin.NUM_CLASSES
+            self.num_classes = standin.NUM_CLASSES
         elif self.layout == "prepared":
             self.num_classes = len(self._prepared_meta(Path(root))["classes"])
         else:
@@ -207,7 +168,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.train_position = state.get("train_position")
 
     def _prepared_meta(self, root: Path) -> dict:
-        meta = prepared.read_meta(root)
+        meta = shards.read_meta(root)
         if meta["size"] != self.hparams.resize_size:
             raise ValueError(
                 f"{root / 'prepared.json'} holds {meta['size']}x{meta['size']} images but --data.resize_size is "
@@ -220,7 +181,7 @@ class ImageNetDataModule(L.LightningDataModule):
         stand-in, its cache folder (generated on first use)."""
         if self.hparams.prepared is not None and (Path(self.hparams.prepared) / "prepared.json").is_file():
             return Path(self.hparams.prepared)
-        return builtin.ensure() if self.hparams.root is None else Path(self.hparams.root)
+        return standin.ensure() if self.hparams.root is None else Path(self.hparams.root)
 
     def _reads_prepared(self) -> bool:
         return self.layout == "prepared" or self.hparams.prepared is not None
@@ -243,8 +204,8 @@ class ImageNetDataModule(L.LightningDataModule):
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
             # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
             generator=torch.Generator(),
-            collate_fn=_as_batch
-            if isinstance(dataset, prepared.PreparedSplit)
+            collate_fn=as_batch
+            if isinstance(dataset, shards.PreparedSplit)
             else partial(sources.collate_skipping_unreadable, image_shape=image_shape),
         )
         if not shuffle:
@@ -273,7 +234,7 @@ class ImageNetDataModule(L.LightningDataModule):
 
         def batches() -> Iterator[Tensor]:
             if from_shards:
-                train = prepared.PreparedSplit(root, "train")
+                train = shards.PreparedSplit(root, "train")
             else:
                 train = self._dataset("train", sources.rescale_and_centre(size))
             count = min(len(train), self.hparams.statistics_images)
@@ -291,7 +252,7 @@ class ImageNetDataModule(L.LightningDataModule):
         """Once per node: generates the built-in set or extracts the archives, writes the prepared shards if
         asked to, then computes the statistics."""
         if self.hparams.prepared is not None and not (Path(self.hparams.prepared) / "prepared.json").is_file():
-            prepared.prepare(self.hparams.root, Path(self.hparams.prepared), self.hparams.resize_size,
+            shards.prepare(self.hparams.root, Path(self.hparams.prepared), self.hparams.resize_size,
                              workers=self.num_workers)
         elif self.layout == "archives":
             for split in sources.SPLITS:
@@ -313,16 +274,17 @@ class ImageNetDataModule(L.LightningDataModule):
                 mean, stats.eigval, stats.eigvec, crop, lighting_std, scale, **lighting
             )
             in_workers = not self._decodes_on_device()
-            self.train_set = prepared.PreparedSplit(root, "train", decode=in_workers)
-            self.val_set = self.test_set = prepared.PreparedSplit(root, "val", decode=in_workers)
+            self.train_set = shards.PreparedSplit(root, "train", decode=in_workers)
+            self.val_set = self.test_set = shards.PreparedSplit(root, "val", decode=in_workers)
         else:
             if stage == "fit":
-                train = TrainPreset(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale, **lighting)
+                train = TrainTransforms(mean, stats.eigval, stats.eigvec, resize, crop, lighting_std, scale, **lighting)
                 self.train_set = self._dataset("train", train)
             if stage in ("fit", "validate"):
-                self.val_set = self._dataset("val", EvalPreset(mean, resize, crop, value_scale=scale))
+                self.val_set = self._dataset("val", EvalTransforms(mean, resize, crop, value_scale=scale))
             if stage == "test":
-                self.test_set = self._dataset("val", EvalPreset(mean, resize, crop, ten_crops=True, value_scale=scale))
+                ten_crops = EvalTransforms(mean, resize, crop, ten_crops=True, value_scale=scale)
+                self.test_set = self._dataset("val", ten_crops)
         if self.trainer is not None and not any(isinstance(c, _LogSkippedFiles) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(_LogSkippedFiles(self))
 
@@ -339,12 +301,12 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False, image_shape=(10, 3, crop, crop))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Prepared batches: JPEG bytes (``prepared.Encoded``) are decoded on ``device``, and the augmentation seed
+        """Prepared batches: JPEG bytes (``shards.Encoded``) are decoded on ``device``, and the augmentation seed
         stays on the host, where ``on_after_batch_transfer`` reads it without waiting for the GPU."""
         if self.augmentation is None:
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         images, labels, skipped, seed = batch
-        if isinstance(images, prepared.Encoded):
+        if isinstance(images, shards.Encoded):
             images = images.decode(device)
         return *super().transfer_batch_to_device((images, labels, skipped), device, dataloader_idx), seed
 

@@ -5,10 +5,10 @@ A data root is one of:
 - the official ILSVRC-2012 archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
   ILSVRC2012_devkit_t12.tar.gz), which ``torchvision.datasets.ImageNet`` checks (MD5) and extracts on first use
   into ``<root>/train``, ``<root>/val`` and ``<root>/meta.bin``; the classes are the devkit's;
-- a prepared folder (``prepared.json`` and shards, ``prepared.py``).
-The built-in stand-in (``builtin.py``) is an ImageFolder layout in the cache folder.
+- a prepared folder (``prepared.json`` and shards, ``shards.py``).
+The built-in stand-in (``standin.py``) is an ImageFolder layout in the cache folder.
 
-The next steps of the pipeline read from here: ``statistics.py``, ``transforms.py``, ``prepared.py``,
+The next steps of the pipeline read from here: ``statistics.py``, ``transforms.py``, ``shards.py``,
 ``datamodule.py``. Unreadable images are skipped with a warning naming the file (``SkipUnreadable``).
 """
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from alexnet_lightning.data.sources import cache_dir
-from alexnet_lightning.reliability import write_atomic
+from alexnet_lightning.files import write_atomic
 
 log = logging.getLogger(__name__)
 

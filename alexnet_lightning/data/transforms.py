@@ -8,8 +8,8 @@ PCA lighting noise (Section 4.1); validation takes the centre crop; testing take
 Values are centred RGB: in [0, 1] minus the mean, times ``value_scale`` (255 gives the paper's raw pixel values,
 on which its LRN constants and initialisation act); the paper divides by no standard deviation.
 
-``TrainPreset`` and ``EvalPreset`` transform files image by image; ``BatchAugmentation`` does the same to whole
-uint8 batches of prepared 256x256 squares (``prepared.py``), on the device the batch is on.
+``TrainTransforms`` and ``EvalTransforms`` transform files image by image; ``BatchAugmentation`` does the same to whole
+uint8 batches of prepared 256x256 squares (``shards.py``), on the device the batch is on.
 """
 
 import torch
@@ -95,7 +95,7 @@ class Scale(nn.Module):
         return image * self.factor
 
 
-class TrainPreset:
+class TrainTransforms:
     """Random crop, horizontal mirror and PCA lighting of the mean-subtracted image (Section 4.1)."""
 
     def __init__(
@@ -127,7 +127,7 @@ class TrainPreset:
         return self.transforms(image)
 
 
-class EvalPreset:
+class EvalTransforms:
     """The centre crop (validation) or the ten crops (testing) of the mean-subtracted image."""
 
     def __init__(
@@ -147,7 +147,7 @@ class EvalPreset:
 
 
 class BatchAugmentation:
-    """The reference pipeline (``TrainPreset`` / ``EvalPreset``) on whole uint8 batches, in whole-batch
+    """The reference pipeline (``TrainTransforms`` / ``EvalTransforms``) on whole uint8 batches, in whole-batch
     tensor operations: a handful of kernels per batch on a GPU, whatever the batch size.
 
     The mean moves to the batch's device once. Per-image random choices come from a generator seeded by the

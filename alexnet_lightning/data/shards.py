@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
 
-from alexnet_lightning.data import builtin, sources
+from alexnet_lightning.data import sources, standin
+from alexnet_lightning.files import write_atomic
 from alexnet_lightning.progress import progress
-from alexnet_lightning.reliability import write_atomic
 
 FORMAT = 2  # 2: JPEG or raw shards; 1: raw only, in the files of format 2's raw encoding
 ENCODINGS = ("jpeg", "raw")
@@ -69,7 +69,7 @@ def prepare(
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     stored = _encoding(encoding, quality)
-    root = builtin.ensure() if source is None else Path(source)
+    root = standin.ensure() if source is None else Path(source)
     kind = sources.layout(root)
     if kind == "prepared":
         raise ValueError(f"{source} is already prepared")

@@ -15,9 +15,9 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from alexnet_lightning import CONFIGS
-from alexnet_lightning.module import AlexNetModule
-from alexnet_lightning.network import AlexNet
-from alexnet_lightning.strategy import TowerAlexNet, TowerParallelStrategy
+from alexnet_lightning.model.module import AlexNetModule
+from alexnet_lightning.model.network import AlexNet
+from alexnet_lightning.model.towers import TowerAlexNet, TowerParallelStrategy
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_classes": 10, "width": 0.25, "input_size": 67}

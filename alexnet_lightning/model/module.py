@@ -12,9 +12,9 @@ from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from alexnet_lightning import outcomes
 from alexnet_lightning.data.datamodule import ImageNetDataModule
-from alexnet_lightning.network import AlexNet
+from alexnet_lightning.model import outcomes
+from alexnet_lightning.model.network import AlexNet
 
 # Which reading of each mechanism a run was trained with, where the printed paper and the authors' code differ
 # (README, Faithfulness). Checkpoints and studies written before the record existed computed the printed formulas.
@@ -54,7 +54,7 @@ class AlexNetModule(L.LightningModule):
             around it (``network.lrn_by_ops``); needs a C++ compiler (CPU) or Triton (GPU) at the first step.
         compile_mode: torch.compile's mode: "reduce-overhead" also replays the GPU's kernels as CUDA graphs,
             "max-autotune" times kernel choices at the first step (both untested for speed; README, Speed options).
-        network: the arguments of alexnet_lightning.network.AlexNet (lrn, towers, dropout, ...).
+        network: the arguments of alexnet_lightning.model.network.AlexNet (lrn, towers, dropout, ...).
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """The ablation table: each variant's change against the baseline with its 95% interval, p-value and verdict
-(``inference.py``, from the cells' per-image outcomes), the paper's change beside it, and the diagnostics that say
+(``significance.py``, from the cells' per-image outcomes), the paper's change beside it, and the diagnostics that say
 whether the mechanism under study was active (``diagnostics.py``).
 
 Read by experiments/ablate.py, experiments/compare.py and notebooks/ablation_report.ipynb.
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_lightning import outcomes
-from alexnet_lightning.diagnostics import INERT_WITHIN
-from alexnet_lightning.inference import METHOD, Change, compare_variants
-from alexnet_lightning.reliability import locked, write_atomic
-from alexnet_lightning.variants import VARIANTS, get_variant
+from alexnet_lightning.files import locked, write_atomic
+from alexnet_lightning.model import outcomes
+from alexnet_lightning.study.plots import METRICS, missing, plot, read_curves
+from alexnet_lightning.study.significance import METHOD, Change, compare_variants
+from alexnet_lightning.study.variants import VARIANTS, get_variant
+from alexnet_lightning.training.diagnostics import INERT_WITHIN
 
-METRICS = ("top1", "top5")
 LRN_LAYERS = ("conv1", "conv2")
 NO_OUTCOMES = (
     "no interval: the cells' per-image outcome files (runs/<variant>/seed<k>/outcomes.npz) are missing; the change "
@@ -141,12 +141,8 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _fmt(value: float | None, spread: float = math.nan, sign: bool = False) -> str:
-    if _missing(value):
+    if missing(value):
         return "–"
     text = f"{value:+.2f}" if sign else f"{value:.2f}"
     return text if math.isnan(spread) else f"{text} ± {spread:.2f}"
@@ -156,9 +152,9 @@ def _fmt_change(r: dict[str, Any], m: str) -> str:
     if r["variant"] == "baseline":
         return ""
     delta, low = r.get(f"{m}_delta", math.nan), r.get(f"{m}_low", math.nan)
-    if _missing(delta):
+    if missing(delta):
         return "–"
-    if _missing(low):
+    if missing(low):
         return f"{delta:+.2f} (no interval)"
     text = f"{delta:+.2f} [{low:+.2f}, {r[f'{m}_high']:+.2f}]"
     text = f"**{text}**" if r[f"{m}_resolved"] else f"{text} n.r.; resolvable ±{r[f'{m}_resolvable']:.2f}"
@@ -167,19 +163,19 @@ def _fmt_change(r: dict[str, Any], m: str) -> str:
 
 def _fmt_p(r: dict[str, Any], m: str) -> str:
     p = r.get(f"{m}_p", math.nan)
-    return "" if r["variant"] == "baseline" else "–" if _missing(p) else f"{p:.3g} / {r[f'{m}_p_holm']:.3g}"
+    return "" if r["variant"] == "baseline" else "–" if missing(p) else f"{p:.3g} / {r[f'{m}_p_holm']:.3g}"
 
 
 def _fmt_lrn(r: dict[str, Any], layer: str) -> str:
     start, end, k_beta = r[f"{layer}_lrn_factor_start"], r[f"{layer}_lrn_factor_end"], r["lrn_k_beta"]
-    if _missing(k_beta) or (_missing(start) and _missing(end)):
+    if missing(k_beta) or (missing(start) and missing(end)):
         return "–"
-    return " → ".join("–" if _missing(f) else f"{100 * (f / k_beta - 1):+.2f}%" for f in (start, end))
+    return " → ".join("–" if missing(f) else f"{100 * (f / k_beta - 1):+.2f}%" for f in (start, end))
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The table of changes with their verdicts, then the table of diagnostics, each with its footer."""
-    metrics = [m for m in METRICS if any(not _missing(r.get(f"{m}_error")) for r in rows)]
+    metrics = [m for m in METRICS if any(not missing(r.get(f"{m}_error")) for r in rows)]
     names = {"top1": "top-1", "top5": "top-5"}
     header = "| variant | seeds | " + " | ".join(
         f"{names[m]} err % | Δ {names[m]} (pts) [95% interval] | p / Holm p" for m in metrics
@@ -208,7 +204,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def diagnostics_markdown(rows: list[dict[str, Any]]) -> str:
     """The diagnostics table: was the mechanism under study active, how much did each row overfit and learn."""
-    targets = {r["train_error_target"] for r in rows if not _missing(r["train_error_target"])}
+    targets = {r["train_error_target"] for r in rows if not missing(r["train_error_target"])}
     target = f"{100 * targets.pop():.0f}%" if len(targets) == 1 else "the target"
     lines = [
         f"| variant | LRN conv1 (start → end) | LRN conv2 (start → end) | val − train top-1 (pts) "
@@ -246,78 +242,6 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     texts = {"md": to_markdown(rows), "json": json.dumps(finite, indent=2), "csv": table.getvalue()}
     for kind, text in texts.items():
         write_atomic(paths[kind], lambda f, text=text: f.write(text.encode()))
-    return paths
-
-
-def read_curves(metrics_files: list[Path]) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch curves from Lightning CSVLogger files, one per attempt of a resumed run, in order (a later
-    attempt's value of an epoch replaces an earlier one's): {"val/top1_error": [(epoch, value), ...], ...}."""
-    curves: dict[str, dict[int, float]] = defaultdict(dict)
-    for metrics_csv in metrics_files:
-        with metrics_csv.open() as f:
-            for record in csv.DictReader(f):
-                for key in ("train/top1_error", "val/top1_error", "train/loss_epoch", "val/loss"):
-                    if record.get(key) and record.get("epoch"):
-                        curves[key][int(float(record["epoch"]))] = float(record[key])
-    return {key: sorted(points.items()) for key, points in curves.items()}
-
-
-def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
-    """learning_curves.png (top-1 error per epoch, each variant's seeds) and deltas.png (a forest plot: each
-    variant's change with its 95% interval, the paper's change beside it, the flags in the labels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = {"curves": out_dir / "learning_curves.png", "deltas": out_dir / "deltas.png"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colours = {name: f"C{i}" for i, name in enumerate(VARIANTS)}
-    for ax, key in zip(axes, ("train/top1_error", "val/top1_error")):
-        for name, runs in curves.items():
-            for i, run in enumerate(runs):
-                points = run.get(key, [])
-                if points:
-                    epochs, values = zip(*points)
-                    ax.plot(epochs, [100 * v for v in values], color=colours.get(name, "k"),
-                            alpha=0.8, label=name if i == 0 else None)
-        ax.set(title=key, xlabel="epoch", ylabel="top-1 error (%)")
-        ax.grid(alpha=0.3)
-    if curves:
-        axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    write_atomic(paths["curves"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
-    plt.close(fig)
-
-    ablations = [r for r in rows if r["variant"] != "baseline"]
-    metrics = [m for m in METRICS if any(not _missing(r.get(f"{m}_delta")) for r in ablations)] or ["top1"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 1.5, 0.6 * len(ablations) + 1.8),
-                             sharey=True, squeeze=False)
-    ys = np.arange(len(ablations))[::-1]
-    for ax, m in zip(axes[0], metrics):
-        for y, r in zip(ys, ablations):
-            delta, low, high = (r.get(f"{m}_{k}", math.nan) for k in ("delta", "low", "high"))
-            if _missing(delta):
-                continue
-            colour = "C0" if r[f"{m}_resolved"] else "0.45"
-            if not _missing(low):
-                ax.plot([low, high], [y, y], color=colour, lw=2, solid_capstyle="butt")
-            ax.plot(delta, y, "o", color=colour, mfc=colour if r[f"{m}_resolved"] else "white", ms=7, zorder=3)
-            if not _missing(r[f"paper_{m}_delta"]):
-                ax.plot(r[f"paper_{m}_delta"], y, "D", color="C3", ms=6, zorder=4)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set(xlabel=f"Δ {m.replace('top', 'top-')} error vs baseline (points)", ylim=(-0.7, len(ablations) - 0.3))
-        ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(ys, [r["variant"] + (f"\n{r['flags']}" if r["flags"] else "") for r in ablations],
-                          fontsize=8)
-    handles = [plt.Line2D([], [], color="C0", marker="o", lw=2, label="resolved (95% interval, Holm)"),
-               plt.Line2D([], [], color="0.45", marker="o", mfc="white", lw=2, label="not resolved"),
-               plt.Line2D([], [], color="C3", marker="D", ls="", label="paper (ILSVRC)")]
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle("Ablations against the paper: change with its 95% interval", fontsize=10)
-    fig.tight_layout()
-    write_atomic(paths["deltas"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
-    plt.close(fig)
     return paths
 
 

@@ -2,7 +2,7 @@
 
 The ablation runner, the config overlays in alexnet_lightning/configs/ablations/ and the report all read this one
 table.
-`python -m alexnet_lightning.variants` rewrites the overlays and the W&B sweep file from it.
+`python -m alexnet_lightning.study.variants` rewrites the overlays and the W&B sweep file from it.
 """
 
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ class Variant:
 
     Args:
         name: registry key, also the overlay's file name and the W&B tag.
-        flag: the ablation runner's switch that adds it (alexnet-ablate, alexnet_lightning/ablate.py).
+        flag: the ablation runner's switch that adds it (alexnet-ablate, alexnet_lightning/study/runner.py).
         change: the change, in the paper's words.
         overrides: config sections to merge into the paper's config (configs/paper.yaml), e.g.
             {"model": {"lrn": False}}.

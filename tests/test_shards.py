@@ -12,11 +12,11 @@ from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from alexnet_lightning.data import prepared
+from alexnet_lightning.data import shards
 from alexnet_lightning.data.datamodule import ImageNetDataModule, ResumableSampler
-from alexnet_lightning.data.prepared import Encoded, PreparedSplit
+from alexnet_lightning.data.shards import Encoded, PreparedSplit
 from alexnet_lightning.data.sources import SkipUnreadable, load_rgb, resize_and_centre
-from alexnet_lightning.data.transforms import BatchAugmentation, EvalPreset, TrainPreset, pca_lighting, ten_crop
+from alexnet_lightning.data.transforms import BatchAugmentation, EvalTransforms, TrainTransforms, pca_lighting, ten_crop
 from tests.test_datamodule import CROP, RESIZE, make_folder
 
 
@@ -35,8 +35,8 @@ def source(tmp_path):
 @pytest.mark.parametrize("encoding", ["jpeg", "raw"])
 def test_shards_hold_the_reference_images_and_skip_unreadable_files(tmp_path, source, cache, encoding):
     with pytest.warns(UserWarning, match="broken.jpg"):
-        dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4, encoding=encoding, quality=80)
-    meta = prepared.read_meta(dest)
+        dest = shards.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4, encoding=encoding, quality=80)
+    meta = shards.read_meta(dest)
     assert meta["classes"] == ["a", "b", "c"] and meta["size"] == RESIZE and meta["encoding"] == encoding
     assert meta["splits"]["train"] == {"shards": 4, "images": 15, "skipped": [str(source / "train/b/broken.jpg")]}
     for split in ("train", "val"):
@@ -62,9 +62,9 @@ MIN_PSNR_DB, MEDIAN_PSNR_DB = 25.0, 40.0
 
 
 def test_jpeg_shards_decode_within_the_stated_psnr_of_the_raw_ones(tiny_imagefolder, tmp_path, cache):
-    raw = prepared.prepare(str(tiny_imagefolder), tmp_path / "raw", encoding="raw")
-    jpeg = prepared.prepare(str(tiny_imagefolder), tmp_path / "jpeg")
-    assert prepared.read_meta(jpeg)["quality"] == 90  # the default, as FFCV stores ImageNet
+    raw = shards.prepare(str(tiny_imagefolder), tmp_path / "raw", encoding="raw")
+    jpeg = shards.prepare(str(tiny_imagefolder), tmp_path / "jpeg")
+    assert shards.read_meta(jpeg)["quality"] == 90  # the default, as FFCV stores ImageNet
     for split in ("train", "val"):
         exact, decoded = PreparedSplit(raw, split), PreparedSplit(jpeg, split)
         keys = list(range(len(exact)))
@@ -77,7 +77,7 @@ def test_jpeg_shards_decode_within_the_stated_psnr_of_the_raw_ones(tiny_imagefol
 
 
 def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source, cache):
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
     before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
     (dest / "train" / "00002.json").unlink()  # as if killed while writing shard 2
     (dest / "prepared.json").unlink()
@@ -86,8 +86,8 @@ def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source,
         ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
     mixed = r"00000.json is a shard of another encoding \(jpeg, 90\) than this prepare's \(raw\)"
     with pytest.raises(ValueError, match=mixed):  # a folder never mixes encodings
-        prepared.prepare(str(source), dest, RESIZE, shard_size=4, encoding="raw")
-    prepared.prepare(str(source), dest, RESIZE, shard_size=4)
+        shards.prepare(str(source), dest, RESIZE, shard_size=4, encoding="raw")
+    shards.prepare(str(source), dest, RESIZE, shard_size=4)
     after = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
     assert after["00001.jpeg.npy"] == b"kept: shard 1 finished"  # finished shards are not written again
     for name in ("00002.jpeg.npy", "00002.offsets.npy", "00002.labels.npy", "00002.json"):
@@ -95,7 +95,7 @@ def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source,
 
 
 def test_wrong_size_and_format_name_the_file_and_the_flag(tmp_path, source, cache):
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE)
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE)
     with pytest.raises(ValueError, match=r"prepared.json holds 24x24 images but --data.resize_size is 32"):
         ImageNetDataModule(4, root=str(dest), resize_size=32)
     meta = json.loads((dest / "prepared.json").read_text())
@@ -105,7 +105,7 @@ def test_wrong_size_and_format_name_the_file_and_the_flag(tmp_path, source, cach
 
 
 def test_a_corrupt_jpeg_shard_names_its_file(tmp_path, source, cache):
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE, shard_size=4)
     shard = dest / "train" / "00001.jpeg.npy"
     data = np.load(shard)
     data[:] = 0  # same size, no JPEG left
@@ -118,7 +118,7 @@ def test_a_corrupt_jpeg_shard_names_its_file(tmp_path, source, cache):
 
 def test_a_format_1_folder_is_read_as_raw_shards(tmp_path, source, cache):
     """Format 1 wrote raw shards only, in the files of format 2's raw encoding, and no encoding in its json."""
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, encoding="raw")
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE, encoding="raw")
     current = PreparedSplit(dest, "train").__getitems__(list(range(15)))
     meta = json.loads((dest / "prepared.json").read_text())
     del meta["encoding"]
@@ -128,8 +128,8 @@ def test_a_format_1_folder_is_read_as_raw_shards(tmp_path, source, cache):
 
 
 def reference_train_steps(mean, eigval, eigvec, lighting_std=0.1):
-    """TrainPreset after its resize step: mean subtraction, random crop, mirror, lighting."""
-    return v2.Compose(TrainPreset(mean, eigval, eigvec, RESIZE, CROP, lighting_std).transforms.transforms[1:])
+    """TrainTransforms after its resize step: mean subtraction, random crop, mirror, lighting."""
+    return v2.Compose(TrainTransforms(mean, eigval, eigvec, RESIZE, CROP, lighting_std).transforms.transforms[1:])
 
 
 def statistics_like():
@@ -161,11 +161,11 @@ def test_batch_augmentation_equals_the_reference_operations_image_by_image(batch
         x = F.crop(F.to_dtype(images[i], torch.float32, scale=True) - mean, top[i], left[i], CROP, CROP)
         x = F.horizontal_flip(x) if flip[i] else x
         torch.testing.assert_close(out[i], pca_lighting(x, alpha[i], eigval.sqrt(), eigvec), rtol=0, atol=1e-6)
-    # Validation and test: exactly EvalPreset's centre crop and ten crops.
+    # Validation and test: exactly EvalTransforms's centre crop and ten crops.
     raw = BatchAugmentation(mean, eigval, eigvec, CROP, 0.1, value_scale=255).apply(images, top, left, flip, alpha)
     # The paper's raw pixel scale: the same values times 255 (computed in uint8 units, to float32 rounding)
     torch.testing.assert_close(raw, out * 255, rtol=0, atol=1e-4)
-    subtract_mean = EvalPreset(mean, RESIZE, CROP).prepare.transforms[1]
+    subtract_mean = EvalTransforms(mean, RESIZE, CROP).prepare.transforms[1]
     centre, crops = augmentation.centre(images), augmentation.ten_crops(images)
     for i in range(6):
         centred = subtract_mean(F.to_dtype(images[i], torch.float32, scale=True))
@@ -239,7 +239,7 @@ def test_a_sample_is_augmented_by_its_key_alone(tmp_path, source, cache):
     assert torch.equal(torch.get_rng_state(), state)  # the global stream (dropout) is untouched
 
 
-def test_prepared_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_path, source, cache):
+def test_shards_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_path, source, cache):
     dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0,
                             prepared=str(tmp_path / "prep"))
     with pytest.warns(UserWarning, match="broken.jpg"):
@@ -284,7 +284,7 @@ def assert_same_batches(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.T
 
 
 def test_jpeg_batches_decode_on_the_device_as_in_the_loader_and_resume_mid_epoch(tmp_path, source, cache):
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE)
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE)
     options = dict(root=str(dest), resize_size=RESIZE, crop_size=CROP)
     in_workers = ImageNetDataModule(4, num_workers=2, decode="workers", **options)
     in_workers.setup("fit")
@@ -305,7 +305,7 @@ def test_jpeg_batches_decode_on_the_device_as_in_the_loader_and_resume_mid_epoch
 
 def test_the_seed_stays_on_the_host_and_the_rest_moves(tmp_path, source, cache):
     """Reading the augmentation seed back from a GPU would make every step wait for the GPU."""
-    dest = prepared.prepare(str(source), tmp_path / "prep", RESIZE, encoding="raw")
+    dest = shards.prepare(str(source), tmp_path / "prep", RESIZE, encoding="raw")
     dm = ImageNetDataModule(4, root=str(dest), resize_size=RESIZE, crop_size=CROP, num_workers=0)
     dm.setup("fit")
     images, labels, skipped, seed = dm.transfer_batch_to_device(next(iter(dm.train_dataloader())),
@@ -315,7 +315,7 @@ def test_the_seed_stays_on_the_host_and_the_rest_moves(tmp_path, source, cache):
 
 @pytest.mark.slow
 def test_cli_fit_and_test_from_prepared_shards(tiny_imagefolder, tiny_overlay, tmp_path, cache, monkeypatch):
-    from alexnet_lightning.cli import main
+    from alexnet_lightning.training.cli import main
     from tests.test_cli import QUICK
 
     calls = []
@@ -342,5 +342,5 @@ def test_a_failed_shard_write_names_the_file_and_leaves_nothing_half_written(tmp
 
     monkeypatch.setattr(np, "save", full_disk)
     with pytest.raises(OSError, match=r"Could not write the file .*00000.jpeg.npy \(No space left on device\)"):
-        prepared.prepare(str(source), tmp_path / "prep", RESIZE)
+        shards.prepare(str(source), tmp_path / "prep", RESIZE)
     assert list((tmp_path / "prep" / "train").iterdir()) == []

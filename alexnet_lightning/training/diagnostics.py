@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alexnet_lightning.data.transforms import lighting_weights
-from alexnet_lightning.network import LocalResponseNorm
+from alexnet_lightning.model.network import LocalResponseNorm
 
 # A layer counts as inert when its mean factor is within this fraction of k^beta, at the start and at the end of
 # training. Every unit's factor is at least k^beta, so a mean excess of 2% bounds the mean relative difference

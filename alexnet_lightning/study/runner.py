@@ -25,9 +25,7 @@ import gc
 import hashlib
 import json
 import os
-import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +33,19 @@ import torch.distributed as dist
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from alexnet_lightning import CONFIGS, outcomes
-from alexnet_lightning import cli as alexnet_cli
-from alexnet_lightning.data import builtin
+from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.sources import cache_dir
-from alexnet_lightning.diagnostics import TRAIN_ERROR_TARGET, cell_diagnostics
-from alexnet_lightning.module import LEGACY_READINGS, readings
-from alexnet_lightning.reliability import Sigterm, check_writable, locked, resume_checkpoint, write_atomic
-from alexnet_lightning.report import read_curves, read_result, write_report
-from alexnet_lightning.tracking import wandb_offline
-from alexnet_lightning.variants import ABLATIONS, VARIANTS, get_variant, merge
+from alexnet_lightning.files import locked, write_atomic
+from alexnet_lightning.model import outcomes
+from alexnet_lightning.study.identity import PRESETS, STRATEGIES, base_configs, open_study
+from alexnet_lightning.study.report import read_curves, read_result, write_report
+from alexnet_lightning.study.variants import ABLATIONS, VARIANTS, get_variant
+from alexnet_lightning.training import cli as alexnet_cli
+from alexnet_lightning.training.checkpoints import check_writable, resume_checkpoint
+from alexnet_lightning.training.diagnostics import TRAIN_ERROR_TARGET, cell_diagnostics
+from alexnet_lightning.training.stops import Sigterm
+from alexnet_lightning.training.wandb_logger import wandb_offline
 
-PRESETS = {
-    "quick": [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml"],  # CPU minutes on the built-in data
-    "paper": [CONFIGS / "paper.yaml"],  # the paper's run, for ImageNet
-}
-STRATEGIES = {"towers": CONFIGS / "strategy" / "towers.yaml"}
 CELL = "ALEXNET_ABLATE_CELL"  # the first process's cell, in the environment Lightning's launcher hands on
 
 
@@ -130,13 +125,6 @@ def cells(args: argparse.Namespace) -> list[tuple[str, int]]:
     return [(v, seed) for seed in range(args.seeds) for v in variants]
 
 
-def base_configs(args: argparse.Namespace) -> list[Path]:
-    paths = list(PRESETS[args.preset]) + args.extra_configs
-    if args.strategy != "default":
-        paths.append(STRATEGIES[args.strategy])
-    return paths
-
-
 def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
     overlay = [CONFIGS / "ablations" / f"{variant}.yaml"] if get_variant(variant).overrides else []
     return base_configs(args) + overlay
@@ -160,93 +148,6 @@ def check_cells(args: argparse.Namespace) -> None:
         gc.collect()  # the CLI's objects hold each other, and a whole network, in reference cycles
 
 
-def data_fingerprint(root: Path | None) -> str:
-    """A hash of the relative paths and sizes of the data files: two studies on the same data agree. The
-    statistics cached beside the data on first use (alexnet_stats_*.pt) are derived from it and left out."""
-    if root is None:
-        root = builtin.ensure()
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(n for n in filenames if not n.startswith(("alexnet_stats_", ".alexnet_stats_"))):
-            path = Path(dirpath, name)
-            digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def code_version() -> str:
-    """The commit of the clone the package runs from, else the installed package's version."""
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        try:
-            return f"alexnet-lightning {version('alexnet-lightning')}"
-        except PackageNotFoundError:
-            return "unknown"
-
-
-def study_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs of a study comparable: the resolved base config, the readings of LRN and PCA lighting
-    (module.READINGS: a study from before they were recorded computed the printed formulas), the epochs and the
-    data."""
-    config: dict[str, Any] = {}
-    for path in base_configs(args):
-        config = merge(config, yaml.safe_load(path.read_text()) or {})
-    return {
-        "preset": args.preset,
-        "base_config": config,
-        "readings": readings(config.get("model") or {}, config.get("data") or {}),
-        "epochs": args.epochs if args.epochs is not None else config.get("trainer", {}).get("max_epochs"),
-        "data_root": str(args.data_root.resolve()) if args.data_root else None,
-        "data_fingerprint": data_fingerprint(args.data_root),
-    }
-
-
-def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
-    """A study's recorded identity; a damaged file stops the study with an error that names it."""
-    try:
-        recorded = json.loads(study_file.read_text())
-        if isinstance(recorded, dict):  # written before the readings were recorded: the printed formulas
-            recorded.setdefault("readings", LEGACY_READINGS)
-        missing = keys - set(recorded) if isinstance(recorded, dict) else keys
-        if missing:
-            raise ValueError(f"it lacks {', '.join(sorted(missing))}")
-        if recorded["epochs"] is None:  # written before the epochs were resolved: the base config's
-            recorded["epochs"] = recorded["base_config"].get("trainer", {}).get("max_epochs")
-    except (OSError, ValueError, AttributeError) as err:
-        raise SystemExit(
-            f"error: the study file {study_file} is damaged ({err}). It records the config, epochs and data the "
-            f"study's cells were trained with: restore it, or use --study with a new name. Removing it makes this "
-            f"run's config the study's, which is right only if its finished cells were trained with it."
-        ) from err
-    return recorded
-
-
-def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The study folder; refuses one written by a different config, before any training. The study file is created
-    whole or not at all, once: of cells of a new study started together, one writes it and the others compare."""
-    study_dir = args.results / args.study
-    identity = study_identity(args)
-    study_file = study_dir / "study.json"
-    try:
-        write_atomic(study_file, lambda f: f.write(json.dumps(identity, indent=2).encode()), "study file",
-                     exclusive=True)
-    except FileExistsError:
-        recorded = read_study(study_file, set(identity))
-        changed = sorted(k for k in identity if recorded[k] != identity[k])
-        if changed:
-            why = ""
-            if "readings" in changed:
-                why = (f" Its LRN and PCA lighting were computed with {recorded['readings']}, this version computes "
-                       f"{identity['readings']} (README, Faithfulness): their results must not be mixed.")
-            raise SystemExit(
-                f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}).{why} "
-                f"Use --study with a new name, or remove {study_dir}."
-            ) from None
-    return study_dir, identity | {"code_version": code_version()}
-
-
 def cell_config(args: argparse.Namespace, cell_dir: Path, variant: str, seed: int, attempt: int) -> dict:
     """The settings of one cell on top of the preset and the variant's overlay: seed, data, loggers."""
     config: dict[str, Any] = {
@@ -256,7 +157,7 @@ def cell_config(args: argparse.Namespace, cell_dir: Path, variant: str, seed: in
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.CSVLogger",
                  "init_args": {"save_dir": str(cell_dir), "name": "csv", "version": f"attempt{attempt:02d}"}},
-                {"class_path": "alexnet_lightning.tracking.FallbackWandbLogger",
+                {"class_path": "alexnet_lightning.training.wandb_logger.FallbackWandbLogger",
                  "init_args": {"project": args.wandb_project, "group": args.study, "name": f"{variant}-seed{seed}",
                                "tags": [variant, args.preset], "job_type": "ablation", "save_dir": str(cell_dir),
                                "offline": wandb_offline(), "id": run_id(args.study, variant, seed),

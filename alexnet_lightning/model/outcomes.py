@@ -1,5 +1,5 @@
 """Per-image outcomes of the ten-crop test, kept beside a cell's result.json so that two cells tested on the same
-images can be compared image by image (``inference.py``).
+images can be compared image by image (``significance.py``).
 
 A cell's ``outcomes.npz`` holds, in the test set's order: ``pred`` (int32, the argmax of the averaged softmax),
 ``label`` (int32), ``top1_correct`` and ``top5_correct`` (bool; no top-5 with fewer than 5 classes), ``test_set``
@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from alexnet_lightning.data.prepared import read_meta
-from alexnet_lightning.reliability import write_atomic
+from alexnet_lightning.data.shards import read_meta
+from alexnet_lightning.files import write_atomic
 
 FILE = "outcomes.npz"
 
@@ -72,7 +72,7 @@ def test_set_fingerprint(dataset: Dataset) -> str | None:
         root = Path(folder.root)
         for path, label in folder.samples:
             digest.update(f"{Path(path).relative_to(root).as_posix()}\t{label}\n".encode())
-    elif hasattr(dataset, "labels") and isinstance(folder, Path):  # prepared.PreparedSplit
+    elif hasattr(dataset, "labels") and isinstance(folder, Path):  # shards.PreparedSplit
         meta = read_meta(folder.parent)
         digest.update(f"{meta['source']}\n{meta['splits'][folder.name]['skipped']}\n".encode())
         digest.update(dataset.labels.numpy().tobytes())

@@ -1,4 +1,4 @@
-"""The ablation verdict's method (alexnet_lightning/inference.py), checked on exact cases and by simulation.
+"""The ablation verdict's method (alexnet_lightning/significance.py), checked on exact cases and by simulation.
 
 The simulated world. The population is (training run, image) pairs. Image i has a latent difficulty u_i and its
 own response c_i to the variant's change; a training run of arm a (baseline or variant) at seed s shifts its error
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from alexnet_lightning.inference import ALPHA, compare_variants, holm, paired_change
+from alexnet_lightning.study.significance import ALPHA, compare_variants, holm, paired_change
 
 N_STUDIES = 1000
 IMAGES = 500
@@ -196,7 +196,7 @@ def test_holm_on_a_textbook_example():
 
 @pytest.mark.parametrize("df", [1, 2, 4, 9])
 def test_reference_distribution_against_scipy(df):
-    from alexnet_lightning.inference import _quantile, _tail
+    from alexnet_lightning.study.significance import _quantile, _tail
 
     for x in (0.5, 2.0, 5.0, 12.7, 50.0):
         assert _tail(x, 1.0, 0.0, df) == pytest.approx(2 * stats.t.sf(x, df), rel=1e-9)  # the paired t

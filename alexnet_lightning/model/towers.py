@@ -38,7 +38,7 @@ from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.optim import Optimizer
 
-from alexnet_lightning.network import AlexNet, LocalResponseNorm
+from alexnet_lightning.model.network import AlexNet, LocalResponseNorm
 
 TOWERS = 2
 WHOLE = ("fc8",)  # held whole by both towers (see the module docstring)

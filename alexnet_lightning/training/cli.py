@@ -19,17 +19,12 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.datamodule import ImageNetDataModule
-from alexnet_lightning.diagnostics import Diagnostics
-from alexnet_lightning.memory import keep_freed_memory
-from alexnet_lightning.module import AlexNetModule
+from alexnet_lightning.model.module import AlexNetModule
 from alexnet_lightning.progress import LogLines
-from alexnet_lightning.reliability import (
-    AtomicCheckpointIO,
-    Sigterm,
-    check_writable,
-    resume_checkpoint,
-    training_callbacks,
-)
+from alexnet_lightning.training.allocator import keep_freed_memory
+from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, check_writable, resume_checkpoint
+from alexnet_lightning.training.diagnostics import Diagnostics
+from alexnet_lightning.training.stops import Sigterm, training_callbacks
 
 DESCRIPTION = (
     "A paper-faithful AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) in PyTorch Lightning: train, validate and "

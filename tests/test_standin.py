@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alexnet_lightning.data import builtin
+from alexnet_lightning.data import standin
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -17,18 +17,18 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 def test_same_seed_gives_identical_files_another_seed_different_ones(tmp_path) -> None:
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        builtin.generate(tmp_path / name, seed=seed, train_per_class=2, val_per_class=1)
+        standin.generate(tmp_path / name, seed=seed, train_per_class=2, val_per_class=1)
     a, b, c = (file_hashes(tmp_path / name) for name in "abc")
-    assert len(a) == 3 * builtin.NUM_CLASSES
+    assert len(a) == 3 * standin.NUM_CLASSES
     assert a == b
     assert set(a.values()).isdisjoint(c.values())
 
 
 def test_images_vary_in_size_mode_and_format(tmp_path) -> None:
-    builtin.generate(tmp_path, train_per_class=10, val_per_class=0)
-    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(builtin.CLASSES)
+    standin.generate(tmp_path, train_per_class=10, val_per_class=0)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(standin.CLASSES)
     files = sorted((tmp_path / "train").rglob("*.*"))
-    assert len(files) == 10 * builtin.NUM_CLASSES
+    assert len(files) == 10 * standin.NUM_CLASSES
     modes_and_sizes = []
     for file in files:
         with Image.open(file) as image:
@@ -43,10 +43,10 @@ def test_images_vary_in_size_mode_and_format(tmp_path) -> None:
 
 
 def test_ensure_generates_once_into_the_cache(tmp_path) -> None:
-    folder = builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
+    folder = standin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
     assert folder.parent == tmp_path and (folder / "val" / "circle").is_dir()
     before = file_hashes(folder)
-    assert builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path) == folder
+    assert standin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path) == folder
     assert file_hashes(folder) == before
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
 
@@ -56,16 +56,16 @@ def test_an_interrupted_generation_is_never_used(tmp_path, monkeypatch) -> None:
         (root / "train" / "circle").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(builtin, "generate", interrupted)
+    monkeypatch.setattr(standin, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        builtin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
+        standin.ensure(train_per_class=1, val_per_class=1, cache=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_thirty_classes_and_a_subset_draws_the_same_images(tmp_path) -> None:
-    assert builtin.NUM_CLASSES == len(set(builtin.CLASSES)) == 30  # enough for top-5 error to be informative
-    builtin.generate(tmp_path / "all", train_per_class=1, val_per_class=1)
-    builtin.generate(tmp_path / "some", train_per_class=1, val_per_class=1, classes=builtin.CLASSES[5:7])
+    assert standin.NUM_CLASSES == len(set(standin.CLASSES)) == 30  # enough for top-5 error to be informative
+    standin.generate(tmp_path / "all", train_per_class=1, val_per_class=1)
+    standin.generate(tmp_path / "some", train_per_class=1, val_per_class=1, classes=standin.CLASSES[5:7])
     some = file_hashes(tmp_path / "some")
     assert len(some) == 4 and some == {name: digest for name, digest in file_hashes(tmp_path / "all").items()
-                                       if name.split("/")[1] in builtin.CLASSES[5:7]}
+                                       if name.split("/")[1] in standin.CLASSES[5:7]}

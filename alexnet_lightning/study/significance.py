@@ -56,7 +56,7 @@ METHOD = (
 )
 
 # log(w) grid for the chi2 part of the reference distribution: the trapezoid rule on this smooth, fast-decaying
-# integrand over the whole line agrees with the t distribution to about 1e-11 (tests/test_inference.py).
+# integrand over the whole line agrees with the t distribution to about 1e-11 (tests/test_significance.py).
 _LOG_W = np.arange(-60.0, 8.0, 0.2)
 
 
