@@ -15,8 +15,11 @@ from torchvision.datasets import ImageFolder
 
 from alexnet_lightning import CONFIGS
 from alexnet_lightning.model import outcomes
+from alexnet_lightning.study import cell as study_cell
 from alexnet_lightning.study import runner
+from alexnet_lightning.study.identity import base_configs, open_study
 from alexnet_lightning.study.significance import METHOD
+from alexnet_lightning.training.diagnostics import TRAIN_ERROR_TARGET
 from alexnet_lightning.training.wandb_logger import read_offline_run
 from tests.conftest import REPO
 
@@ -54,7 +57,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
             assert 1 - kept["top1_correct"].mean() == pytest.approx(result["test/top1_error"], abs=1e-6)
             assert 1 - kept["top5_correct"].mean() == pytest.approx(result["test/top5_error"], abs=1e-6)
             assert result["diag/pca_noise_ratio"] == pytest.approx(0.1)  # the authors' lighting: lighting_std
-            assert result["diag/train_error_target"] == runner.TRAIN_ERROR_TARGET
+            assert result["diag/train_error_target"] == TRAIN_ERROR_TARGET
             assert "diag/epochs_to_train_error_target" in result and "diag/val_minus_train_top1" in result
             assert ("diag/conv1_lrn_factor_end" in result) is lrn and ("diag/lrn_inert" in result) is lrn
             [metrics_csv] = cell.glob("csv/attempt00/metrics.csv")
@@ -95,7 +98,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
 
 
 def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, monkeypatch):
-    study_dir, identity = runner.open_study(runner.parse_args(study_args))
+    study_dir, identity = open_study(runner.parse_args(study_args))
     cell = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     cell.mkdir(parents=True)
     torch.save({"state_dict": {}}, cell / "last.ckpt")
@@ -108,9 +111,9 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
         seen["configs"] = args
         raise Stop
 
-    monkeypatch.setattr(runner.alexnet_cli, "main", fake_main)
+    monkeypatch.setattr(study_cell.alexnet_cli, "main", fake_main)
     with pytest.raises(Stop):
-        runner.run_cell(runner.parse_args(study_args), study_dir, identity, "baseline", 0)
+        study_cell.run_cell(runner.parse_args(study_args), study_dir, identity, "baseline", 0)
     cell_yaml = Path(seen["configs"][-1]).read_text()
     assert "attempt00" in cell_yaml  # the first attempt's logs are kept; a resumed attempt writes attempt01
 
@@ -136,20 +139,20 @@ def test_packaged_configs_by_name_and_results_under_the_current_folder(tmp_path,
     monkeypatch.chdir(tmp_path)
     args = runner.parse_args(["--config", "gpu", "--strategy", "towers"])
     assert args.results == Path("results") and args.extra_configs == [CONFIGS / "gpu.yaml"]
-    assert runner.base_configs(args) == [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml",
+    assert base_configs(args) == [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml",
                                          CONFIGS / "gpu.yaml", CONFIGS / "strategy" / "towers.yaml"]
     (tmp_path / "gpu").write_text("trainer:\n  max_epochs: 2\n")  # a file as given comes before a name
     assert runner.parse_args(["--config", "gpu"]).extra_configs == [Path("gpu")]
 
 
 def test_a_study_folder_of_another_config_is_refused(study_args):
-    runner.open_study(runner.parse_args(study_args))
+    open_study(runner.parse_args(study_args))
     with pytest.raises(SystemExit, match="differs in: epochs"):
-        runner.open_study(runner.parse_args([*study_args, "--epochs", "3"]))
+        open_study(runner.parse_args([*study_args, "--epochs", "3"]))
 
 
 def test_a_study_folder_from_before_the_readings_were_recorded_is_refused(study_args):
-    study_dir, identity = runner.open_study(runner.parse_args(study_args))
+    study_dir, identity = open_study(runner.parse_args(study_args))
     assert identity["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
                                     "lighting_rescale": False}
     study_file = study_dir / "study.json"
@@ -158,7 +161,7 @@ def test_a_study_folder_from_before_the_readings_were_recorded_is_refused(study_
     study_file.write_text(json.dumps(old))
     with pytest.raises(SystemExit, match=r"differs in: readings\). Its LRN and PCA lighting were computed with "
                                          r"\{'lrn_formula': 'printed'"):
-        runner.open_study(runner.parse_args(study_args))
+        open_study(runner.parse_args(study_args))
 
 
 def test_cells_run_baseline_first_and_one_cell_alone():
@@ -175,7 +178,7 @@ def test_the_paper_preset_trains_from_prepared_shards(tmp_path, monkeypatch):
     imagenet.mkdir()
     args = runner.parse_args(["--data-root", str(imagenet)])
     assert args.preset == "paper" and args.prepared.parent == tmp_path / "cache" / "prepared"
-    config = runner.cell_config(args, tmp_path / "cell", "baseline", 0, 0)
+    config = study_cell.cell_config(args, tmp_path / "cell", "baseline", 0, 0)
     assert config["data"] == {"root": str(imagenet), "prepared": str(args.prepared)}
     assert runner.parse_args(["--data-root", str(imagenet), "--prepared", "none"]).prepared is None
     assert runner.parse_args([]).prepared is None  # the quick preset reads the built-in files

@@ -25,7 +25,9 @@ from PIL import Image
 
 from alexnet_lightning import CONFIGS, files
 from alexnet_lightning.model.towers import TowerParallelStrategy
+from alexnet_lightning.study import cell as study_cell
 from alexnet_lightning.study import identity, runner
+from alexnet_lightning.study.identity import open_study
 from alexnet_lightning.study.report import read_curves, summarise, write_report, write_tables
 from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, RandomState
 from alexnet_lightning.training.cli import main
@@ -327,7 +329,7 @@ def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothin
     stage, batch = {"training": ("train", 1), "validation": ("validate", 0), "test": ("test", 0),
                     "last test batch": ("test", 1), "between cells": (None, None)}[phase]
     cell = tmp_path / "results" / "tiny" / "runs" / "baseline" / "seed0"
-    real_main, real_run_cell = runner.alexnet_cli.main, runner.run_cell
+    real_main, real_run_cell = study_cell.alexnet_cli.main, runner.run_cell
 
     def main_with_signal(args, run=True):
         cli = real_main(args, run=run)
@@ -341,7 +343,7 @@ def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothin
             os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patches:
-        patches.setattr(runner.alexnet_cli, "main", main_with_signal)
+        patches.setattr(study_cell.alexnet_cli, "main", main_with_signal)
         patches.setattr(runner, "run_cell", run_cell_then_signal)
         with pytest.raises(SystemExit) as stopped:
             runner.main([*study, "--no-lrn"])
@@ -411,14 +413,14 @@ def test_an_impossible_batch_size_stops_the_command_before_any_data_is_read(no_d
 
 
 def test_the_presets_own_number_of_epochs_given_again_is_the_same_study(study):
-    runner.open_study(runner.parse_args(study))  # the tiny overlay's one epoch
-    runner.open_study(runner.parse_args([*study, "--epochs", "1"]))
+    open_study(runner.parse_args(study))  # the tiny overlay's one epoch
+    open_study(runner.parse_args([*study, "--epochs", "1"]))
     study_file = runner.parse_args(study).results / "tiny" / "study.json"
     recorded = json.loads(study_file.read_text())
     study_file.write_text(json.dumps(recorded | {"epochs": None}))  # as written before the epochs were resolved
-    runner.open_study(runner.parse_args([*study, "--epochs", "1"]))
+    open_study(runner.parse_args([*study, "--epochs", "1"]))
     with pytest.raises(SystemExit, match="differs in: epochs"):
-        runner.open_study(runner.parse_args([*study, "--epochs", "2"]))
+        open_study(runner.parse_args([*study, "--epochs", "2"]))
 
 
 # Damage: a damaged checkpoint falls back to the newest intact one, a damaged result is named and its cell redone
@@ -437,44 +439,44 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tiny_fit,
 
 def test_a_study_resumes_a_cell_from_its_newest_intact_checkpoint(study, monkeypatch, capsys):
     args = runner.parse_args(study)
-    study_dir, identity = runner.open_study(args)
+    study_dir, identity = open_study(args)
     folder = study_dir / "runs" / "baseline" / "seed0" / "checkpoints"
     folder.mkdir(parents=True)
     torch.save({"state_dict": {}, "global_step": 4}, folder / "epoch=0-step=4.ckpt")
     (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
-    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli({}))
+    monkeypatch.setattr(study_cell.alexnet_cli, "main", stop_at_cli({}))
     with pytest.warns(UserWarning, match="last.ckpt is damaged"), pytest.raises(Stop):
-        runner.run_cell(args, study_dir, identity, "baseline", 0)
+        study_cell.run_cell(args, study_dir, identity, "baseline", 0)
     assert f"resuming from {folder / 'epoch=0-step=4.ckpt'}" in capsys.readouterr().out
     (folder / "epoch=0-step=4.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match="Every checkpoint is damaged: .*epoch=0-step=4.ckpt .*last.ckpt"):
-        runner.run_cell(args, study_dir, identity, "baseline", 0)
+        study_cell.run_cell(args, study_dir, identity, "baseline", 0)
 
 
 @pytest.mark.parametrize("text", ['{"variant": "baseline", "seed": 0, "test/top1_', '{"seed": 0}', "[]",
                                   '{"variant": "baseline", "seed": 0, "test/top1_error": 0.5}'])
 def test_a_damaged_result_is_named_and_its_cell_runs_again(text, study, monkeypatch, capsys):
     args = runner.parse_args(study)
-    study_dir, identity = runner.open_study(args)
+    study_dir, identity = open_study(args)
     result = study_dir / "runs" / "baseline" / "seed0" / "result.json"
     result.parent.mkdir(parents=True)
     result.write_text(text)
     with pytest.warns(UserWarning, match=f"The result {re.escape(str(result))} is damaged"):
         write_report(study_dir)  # the table leaves it out, naming it
     seen = {}
-    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli(seen))
+    monkeypatch.setattr(study_cell.alexnet_cli, "main", stop_at_cli(seen))
     with pytest.raises(Stop):
-        runner.run_cell(args, study_dir, identity, "baseline", 0)
+        study_cell.run_cell(args, study_dir, identity, "baseline", 0)
     assert f"The result {result} is damaged" in capsys.readouterr().out
     assert str(result.parent / "cell.yaml") in seen["args"]
 
 
 def test_a_damaged_study_file_stops_the_study_naming_it(study):
     args = runner.parse_args(study)
-    study_dir, _ = runner.open_study(args)
+    study_dir, _ = open_study(args)
     (study_dir / "study.json").write_text('{"preset": "quick", "base_')
     with pytest.raises(SystemExit, match=f"the study file {re.escape(str(study_dir / 'study.json'))} is damaged"):
-        runner.open_study(args)
+        open_study(args)
 
 
 # Concurrency: study files written whole, cells of one study at once
@@ -484,7 +486,7 @@ def open_study_once_it_appears(args) -> None:
     study_file, deadline = args.results / args.study / "study.json", time.monotonic() + 60
     while not study_file.exists() and time.monotonic() < deadline:
         pass
-    runner.open_study(args)
+    open_study(args)
 
 
 def test_cells_of_a_new_study_started_together_agree_on_its_study_file(study, monkeypatch):
@@ -494,7 +496,7 @@ def test_cells_of_a_new_study_started_together_agree_on_its_study_file(study, mo
     monkeypatch.setattr(identity, "study_identity", lambda args: large)
     context = multiprocessing.get_context("fork")
     cells = [context.Process(target=open_study_once_it_appears, args=(runner.parse_args(study),)) for _ in range(3)]
-    cells.append(context.Process(target=runner.open_study, args=(runner.parse_args(study),)))
+    cells.append(context.Process(target=open_study, args=(runner.parse_args(study),)))
     for cell in cells:
         cell.start()
     for cell in cells:
@@ -516,13 +518,13 @@ def test_a_reader_never_sees_a_report_file_half_written(tmp_path):
 
 def test_a_cell_that_another_process_runs_is_skipped(study, monkeypatch, capsys):
     args = runner.parse_args(study)
-    study_dir, identity = runner.open_study(args)
+    study_dir, identity = open_study(args)
     lock = study_dir / "runs" / "baseline" / "seed0" / ".cell.lock"
     lock.parent.mkdir(parents=True)
-    monkeypatch.setattr(runner.alexnet_cli, "main", stop_at_cli({}))
+    monkeypatch.setattr(study_cell.alexnet_cli, "main", stop_at_cli({}))
     with open(lock, "a") as other:
         fcntl.flock(other, fcntl.LOCK_EX)  # as another process running the cell holds it
-        runner.run_cell(args, study_dir, identity, "baseline", 0)
+        study_cell.run_cell(args, study_dir, identity, "baseline", 0)
     assert "[baseline seed 0] running in another process: skipped" in capsys.readouterr().out
 
 
