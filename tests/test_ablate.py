@@ -84,7 +84,7 @@ def test_a_tiny_two_seed_study_end_to_end(study_args, tiny_imagefolder, tmp_path
     assert "No per-image outcome files" in out and f"{no_lrn['top1_delta']:+.2f} (no interval)" in out
 
     # Re-running trains nothing new.
-    monkeypatch.setattr(runner, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(study_cell, "train_cell", lambda *a, **k: pytest.fail("a finished cell was retrained"))
     assert runner.main([*study_args, "--no-lrn", "--seeds", "2"]) == 0
     assert capsys.readouterr().out.count("finished earlier: skipped") == 4
 
