@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from alexnet_lightning.model import outcomes as outcome_files
+from alexnet_lightning.study.planner import noise_from_row, resolvable
 from alexnet_lightning.study.report import NO_OUTCOMES, load_outcomes, plot, summarise, to_markdown, write_tables
-from alexnet_lightning.study.significance import METHOD, compare_variants
+from alexnet_lightning.study.significance import ALPHA, METHOD, compare_variants
 
 IMAGES = 400
 K_BETA = 2.0**0.75
@@ -40,7 +41,7 @@ def simulated_study():
 
 
 def table(text: str, which: int) -> dict[str, str]:
-    """The rows of the changes table (0) or of the diagnostics table (1), by variant."""
+    """The rows of the changes table (0), the planner's (1) or the diagnostics (2), by variant."""
     tables = text.split("\n| variant |")
     return {line.split("|")[1].strip(): line for line in tables[which].splitlines() if line.startswith("| ")}
 
@@ -146,6 +147,11 @@ def test_the_markdown_shows_intervals_verdicts_the_paper_and_names_the_method(ro
     assert METHOD in text and "seed-to-seed spread was not measured" in text
     assert f"ten-crop test on {IMAGES} images" in text
     assert "| variant | LRN conv1 (start → end)" in text  # the diagnostics table follows
+    # Between them the planner's table: the change resolvable at 80% power at the row's seeds, after Holm over 3.
+    noise = noise_from_row(no_lrn, "top1")
+    at_seeds = resolvable(noise, IMAGES, 3, ALPHA / 3)
+    assert f"| no_lrn | top-1 | 3 | {IMAGES} | {noise.seed_spread:.2f} | {at_seeds:.2f} | +1.40 |" in text
+    assert at_seeds > no_lrn["top1_resolvable"]  # 80% power asks more than the estimate's 50%
 
 
 def test_without_outcomes_the_change_is_the_seed_mean_and_has_no_interval(study):
@@ -177,7 +183,7 @@ def test_inert_lrn_is_flagged_on_its_row_and_on_the_row_that_removes_it(study):
     assert "LRN inert in 2 of 3 seeds" in rows["no_overlap"]["flags"]
     assert rows["no_overlap"]["conv1_lrn_factor_end"] == pytest.approx(K_BETA * (1.2 + 2 * 1.0001) / 3)
     assert rows["baseline"]["val_minus_train_top1"] == pytest.approx(5.0)
-    lines = table(to_markdown(list(rows.values())), 1)
+    lines = table(to_markdown(list(rows.values())), 2)
     assert "| +0.01% → +6.67% |" in lines["no_overlap"]  # conv1's excess over k^beta, mean over seeds
     assert "| +5.00 | 0.10 | 3, 3, 3 |" in lines["baseline"]
     assert "| not reached |" in lines["tanh"]

@@ -1,4 +1,4 @@
-"""How many seeds does an ablation study need? The power of the study's own test (``significance.py``), planned.
+"""How many seeds does an ablation study need? The power of the study's own test (significance.py), planned.
 
 The model. A variant's change over S seeds and n test images is the mean of d[s, i] = error_variant -
 error_baseline, in points. Its variance has the two parts ``significance.py`` estimates, written here through three
@@ -221,7 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     new.add_argument("--test-images", type=int, help="its test images, e.g. 50000 (ILSVRC-2012 val)")
     new.add_argument("--variants", type=int, help="variants in its Holm family (default: the pilot's, else 7)")
     new.add_argument("--pilot", type=Path, help="a finished study whose noise to assume (default for the next two)")
-    new.add_argument("--seed-spread", type=float, help="run-to-run standard deviation of a change, points")
+    new.add_argument("--seed-spread", type=float,
+                     help="run-to-run standard deviation of a change, points (also for a finished study with one seed)")
     new.add_argument("--disagreement", type=float, help="fraction of test images on which the arms differ")
     new.add_argument("--seeds", type=int, default=0, help="its seeds: the change resolvable, and the cost, at them")
     new.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help="epochs per cell (default 90)")

@@ -1,9 +1,10 @@
-"""The ablation study's tables in Markdown: the changes with their verdicts, and the diagnostics, each with its
-footer."""
+"""The ablation study's tables in Markdown: the changes with their verdicts, the seeds planned from them
+(``planner.py``), and the diagnostics, each with its footer."""
 
 import math
 from typing import Any
 
+from alexnet_lightning.study.planner import plan, plan_markdown, study_noise
 from alexnet_lightning.study.plots import METRICS, missing
 from alexnet_lightning.study.significance import METHOD
 from alexnet_lightning.study.summary import NO_OUTCOMES
@@ -44,7 +45,8 @@ def _fmt_lrn(r: dict[str, Any], layer: str) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """The table of changes with their verdicts, then the table of diagnostics, each with its footer."""
+    """The table of changes with their verdicts, the planner's table (the change resolvable at 80% power, the seeds
+    for the paper's change and for a 5-point one), then the table of diagnostics, each with its footer."""
     metrics = [m for m in METRICS if any(not missing(r.get(f"{m}_error")) for r in rows)]
     names = {"top1": "top-1", "top5": "top-5"}
     header = "| variant | seeds | " + " | ".join(
@@ -70,7 +72,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     if any("no interval" in r["flags"] for r in rows):
         lines += ["", f"No interval: {NO_OUTCOMES}."]
-    return "\n".join(lines) + "\n\n" + diagnostics_markdown(rows)
+    plans = plan_markdown(plan(study_noise(rows)))
+    return "\n".join(lines) + "\n\n" + (plans + "\n" if plans else "") + diagnostics_markdown(rows)
 
 
 def diagnostics_markdown(rows: list[dict[str, Any]]) -> str:
