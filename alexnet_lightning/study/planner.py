@@ -29,7 +29,8 @@ seed part v_seed W / (S - 1), W ~ chi2_{S-1} independent of Z, so
     power(theta) = E_W[ Phi((theta - x(W)) / se) + Phi((-theta - x(W)) / se) ],
 
 x(W) the critical value for the estimated parts. The expectation over W is the quadrature on a log grid that
-``significance.py`` uses for its tails; with no image part it is the noncentral t's power (tests/test_planner.py).
+``significance.py`` uses for its tails; with no image part it is the noncentral t's power (tests/test_planner.py;
+to 1e-6 up to 30 seeds, within 0.005 up to 1000, where the grid is coarse for the narrow chi2).
 ``seeds_needed`` is the smallest S >= 2 with power >= the target; ``resolvable`` the change that has the target
 power at the given S. Both are checked by simulation in tests/test_planner.py, with a per-image model that is not
 this formula. What the approximation leaves out: the per-image outcomes are 0/1, not normal (fine for n in the
@@ -43,6 +44,7 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +101,18 @@ def named_noise(seed_spread: float, disagreement: float, pilot: Noise | None = N
     return Noise(seed_spread, shared * within, (1 - shared) * within)
 
 
+@cache
 def _critical(noise: Noise, images: int, seeds: int, level: float) -> tuple[np.ndarray, np.ndarray, float]:
     """The test's critical values x(W) on the nodes of the chi2_{S-1} quadrature that ``significance.py`` uses,
     their weights, and the change's standard error. x is found exactly at 40 nodes, interpolated (log-log) between
-    them: it is smooth and monotone in W, from the normal's critical value to the t's."""
+    them: it is smooth and monotone in W, from the normal's critical value to the t's. Cached: a plan asks for the
+    same seeds more than once."""
     v_seed, v_image = noise.parts(images, seeds)
     v_seed = max(v_seed, (100 / (seeds * images)) ** 2)  # the test's own floor: one image at one seed
     df = seeds - 1
     w, weights = _chi2_grid(df)
-    exact = np.geomspace(w[0], w[-1], 40)
+    w, weights = w[weights > 1e-12], weights[weights > 1e-12]  # the rest weighs less than 1e-10 together
+    exact = np.geomspace(w[0], w[-1], 24)
     x = [_quantile(level, v_seed * e / df, v_image, df) for e in exact]
     return np.exp(np.interp(np.log(w), np.log(exact), np.log(x))), weights, math.sqrt(v_seed + v_image)
 

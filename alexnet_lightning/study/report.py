@@ -47,4 +47,4 @@ def write_report(study_dir: Path) -> tuple[str, dict[str, Path]]:
         paths = write_tables(rows, study_dir)
         if rows:
             paths |= plot(rows, curves, study_dir)
-    return to_markdown(rows), paths
+        return paths["md"].read_text(), paths  # the tables once: the planner's take a second or two
