@@ -44,7 +44,7 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +101,17 @@ def named_noise(seed_spread: float, disagreement: float, pilot: Noise | None = N
     return Noise(seed_spread, shared * within, (1 - shared) * within)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _critical(noise: Noise, images: int, seeds: int, level: float) -> tuple[np.ndarray, np.ndarray, float]:
     """The test's critical values x(W) on the nodes of the chi2_{S-1} quadrature that ``significance.py`` uses,
-    their weights, and the change's standard error. x is found exactly at 40 nodes, interpolated (log-log) between
+    their weights, and the change's standard error. x is found exactly at 24 nodes, interpolated (log-log) between
     them: it is smooth and monotone in W, from the normal's critical value to the t's. Cached: a plan asks for the
     same seeds more than once."""
     v_seed, v_image = noise.parts(images, seeds)
     v_seed = max(v_seed, (100 / (seeds * images)) ** 2)  # the test's own floor: one image at one seed
     df = seeds - 1
     w, weights = _chi2_grid(df)
-    w, weights = w[weights > 1e-12], weights[weights > 1e-12]  # the rest weighs less than 1e-10 together
+    w, weights = w[weights > 1e-12], weights[weights > 1e-12]  # the rest weighs less than 1e-9 together
     exact = np.geomspace(w[0], w[-1], 24)
     x = [_quantile(level, v_seed * e / df, v_image, df) for e in exact]
     return np.exp(np.interp(np.log(w), np.log(exact), np.log(x))), weights, math.sqrt(v_seed + v_image)
@@ -243,6 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
               (args.seed_spread is not None and args.seed_spread < 0, "--seed-spread must be at least 0 (points)"),
               (args.test_images is None and args.study is None, "give a study folder, or --test-images"),
               (args.test_images is not None and args.test_images < 1, "--test-images must be at least 1"),
+              (args.variants is not None and args.variants < 1, "--variants must be at least 1"),
+              (args.seeds < 0 or args.epochs < 1 or args.train_images < 1, "--seeds, --epochs and --train-images "
+               "must be counts"),
+              (args.images_per_second is not None and args.images_per_second <= 0,
+               "--images-per-second must be positive"),
               (args.test_images is not None and args.pilot is None and None in (args.seed_spread, args.disagreement),
                "--test-images without --pilot needs --seed-spread and --disagreement")]
     for failed, message in checks:
