@@ -199,8 +199,8 @@ def plan_markdown(plans: Sequence[dict[str, Any]], change: float = CHANGE, targe
         cells += [_seeds(p, "seeds_for_paper"), _seeds(p, "seeds_for_change")]
         lines.append("| " + " | ".join(cells) + " |")
     m = round(alpha / plans[0]["level"])
-    lines += ["", f"Planner (study/planner.py): power of the test above at level {alpha:g}/{m} (Holm's first step, "
-              "a lower bound for Holm's power), at the test images given; the seed spread is the run-to-run "
+    lines += ["", f"Planner (study/planner.py): power of the study's own test at level {alpha:g}/{m} (Holm's first "
+              "step, a lower bound for Holm's power), at the test images given; the seed spread is the run-to-run "
               "standard deviation of the change net of test-image noise. –: not measured (one seed), no paper "
               f"figure, or more than {MAX_SEEDS} seeds or more test images needed."]
     return "\n".join(lines) + "\n"
