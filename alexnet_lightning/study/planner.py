@@ -196,7 +196,7 @@ def plan_markdown(plans: Sequence[dict[str, Any]], change: float = CHANGE, targe
         cells = [p["variant"], names[p["metric"]], str(p["seeds"] or "–"), f"{p['images']:,}"]
         cells += ["–" if missing(p[k]) else f"{p[k]:.2f}" for k in ("seed_spread", "resolvable")]
         cells += ["–" if p["paper_change"] is None else f"{p['paper_change']:+.2f}"]
-        cells += [_seeds(p, "seeds_for_paper"), _seeds(p, "seeds_for_change")]
+        cells += ["–" if p[k] is None else str(p[k]) for k in ("seeds_for_paper", "seeds_for_change")]
         lines.append("| " + " | ".join(cells) + " |")
     m = round(alpha / plans[0]["level"])
     lines += ["", f"Planner (study/planner.py): power of the study's own test at level {alpha:g}/{m} (Holm's first "
@@ -204,10 +204,6 @@ def plan_markdown(plans: Sequence[dict[str, Any]], change: float = CHANGE, targe
               "standard deviation of the change net of test-image noise. –: not measured (one seed), no paper "
               f"figure, or more than {MAX_SEEDS} seeds or more test images needed."]
     return "\n".join(lines) + "\n"
-
-
-def _seeds(plan: dict[str, Any], key: str) -> str:
-    return "–" if plan[key] is None else str(plan[key])
 
 
 def gpu_hours(cells: int, epochs: int, train_images: int, images_per_second: float) -> float:
