@@ -46,7 +46,8 @@ def test_every_data_command_renders_its_help(command, capsys, monkeypatch):
 
 
 CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
-COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study"}
+COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study",
+            "alexnet-plan": "How many seeds does an ablation study need"}
 
 
 @pytest.mark.parametrize("name", CONSOLE_SCRIPTS)

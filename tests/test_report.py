@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from alexnet_lightning.model import outcomes as outcome_files
+from alexnet_lightning.study.planner import noise_from_row, resolvable
 from alexnet_lightning.study.report import NO_OUTCOMES, load_outcomes, plot, summarise, to_markdown, write_tables
-from alexnet_lightning.study.significance import METHOD, compare_variants
+from alexnet_lightning.study.significance import ALPHA, METHOD, compare_variants
 
 IMAGES = 400
 K_BETA = 2.0**0.75
@@ -40,7 +41,7 @@ def simulated_study():
 
 
 def table(text: str, which: int) -> dict[str, str]:
-    """The rows of the changes table (0) or of the diagnostics table (1), by variant."""
+    """The rows of the changes table (0), the planner's (1) or the diagnostics (2), by variant."""
     tables = text.split("\n| variant |")
     return {line.split("|")[1].strip(): line for line in tables[which].splitlines() if line.startswith("| ")}
 
@@ -79,7 +80,7 @@ def test_changes_are_paired_by_seed_and_image_with_holm_over_the_variants(study,
     assert rows["no_lrn"]["top1_resolved"] and rows["no_lrn"]["top1_low"] > 0
     no_overlap = rows["no_overlap"]
     assert not no_overlap["top1_resolved"] and no_overlap["top1_low"] < 0 < no_overlap["top1_high"]
-    assert rows["no_overlap"]["top1_p_holm"] >= rows["no_overlap"]["top1_p"]  # adjusted over three variants
+    assert rows["no_overlap"]["top1_p_holm"] >= rows["no_overlap"]["top1_p"]  # adjusted over the two with seeds
     assert "top1_delta" not in rows["baseline"]
 
 
@@ -90,6 +91,46 @@ def test_one_seed_is_flagged_its_interval_covering_test_images_only(rows):
     assert rows["no_lrn"]["top1_seed_spread_measured"] is True and "one seed" not in rows["no_lrn"]["flags"]
 
 
+def test_a_one_seed_row_is_never_resolved_nor_bold_and_stays_out_of_the_holm_family(study, tmp_path):
+    """tanh has one seed; drop_layer two, of which only one the baseline has. Both show a change and a test-image
+    interval, on top-1 and top-5, but no p-value and no verdict, in the rows, the Markdown, the CSV and the JSON;
+    the variants with seeds get the same Holm-adjusted p-values as in a study without them."""
+    results, outcomes = study
+    rng = np.random.default_rng(5)
+    for seed in (2, 5):  # a large change: the old report printed it bold, resolved
+        o = outcomes["baseline"][seed % 3] | {"top1_correct": rng.random(IMAGES) < 0.2,
+                                               "top5_correct": np.ones(IMAGES, bool)}
+        outcomes.setdefault("drop_layer", {})[seed] = o
+        results.append({"variant": "drop_layer", "seed": seed, "test/top1_error": float(1 - o["top1_correct"].mean()),
+                        "test/top5_error": 0.0})
+    rows = {r["variant"]: r for r in summarise(results, outcomes)}
+    with_seeds = [r for r in results if r["variant"] not in ("tanh", "drop_layer")]
+    kept = {v: outcomes[v] for v in ("baseline", "no_lrn", "no_overlap")}
+    without = {r["variant"]: r for r in summarise(with_seeds, kept)}
+    for m in ("top1", "top5"):
+        for name in ("no_lrn", "no_overlap"):
+            assert rows[name][f"{m}_p_holm"] == without[name][f"{m}_p_holm"]
+            assert rows[name][f"{m}_resolvable"] == without[name][f"{m}_resolvable"]
+        for name in ("tanh", "drop_layer"):
+            row = rows[name]
+            assert row[f"{m}_paired_seeds"] == 1 and row[f"{m}_low"] < row[f"{m}_delta"] < row[f"{m}_high"]
+            assert not row[f"{m}_resolved"] and math.isnan(row[f"{m}_p"]) and math.isnan(row[f"{m}_p_holm"])
+            assert row[f"{m}_verdict"] == "none: one seed paired with the baseline"
+    assert rows["tanh"]["top1_low"] > 0 and rows["drop_layer"]["top1_low"] > 0  # far from 0, still no verdict
+    assert rows["no_lrn"]["top1_verdict"] == "resolved" and rows["no_overlap"]["top1_verdict"] == "not resolved"
+    assert "one seed† in common with the baseline" in rows["drop_layer"]["flags"]
+    lines = table(to_markdown(list(rows.values())), 0)
+    for name in ("tanh", "drop_layer"):
+        assert "**" not in lines[name] and lines[name].count("no verdict†") == 2
+    paths = write_tables(list(rows.values()), tmp_path)
+    record = {r["variant"]: r for r in json.loads(paths["json"].read_text())}["tanh"]
+    assert record["top1_p"] is None and record["top1_p_holm"] is None and record["top1_resolved"] is False
+    with paths["csv"].open() as f:
+        record = {r["variant"]: r for r in csv.DictReader(f)}["drop_layer"]
+    assert record["top5_verdict"] == "none: one seed paired with the baseline" and record["top5_resolved"] == "False"
+    assert plot(list(rows.values()), {}, tmp_path)["deltas"].stat().st_size > 10_000
+
+
 def test_the_markdown_shows_intervals_verdicts_the_paper_and_names_the_method(rows):
     text = to_markdown(list(rows.values()))
     lines = table(text, 0)
@@ -98,11 +139,19 @@ def test_the_markdown_shows_intervals_verdicts_the_paper_and_names_the_method(ro
     assert (f"{no_overlap['top1_delta']:+.2f} [{no_overlap['top1_low']:+.2f}, {no_overlap['top1_high']:+.2f}] n.r.; "
             f"resolvable ±{no_overlap['top1_resolvable']:.2f}") in lines["no_overlap"]
     assert f"{no_lrn['top1_p']:.3g} / {no_lrn['top1_p_holm']:.3g}" in lines["no_lrn"]
-    assert f"**{tanh['top1_delta']:+.2f} [{tanh['top1_low']:+.2f}, {tanh['top1_high']:+.2f}]**†" in lines["tanh"]
+    # One seed: its change and test-image interval, never bold, no p-value (issue 19; it was printed bold).
+    assert f"| {tanh['top1_delta']:+.2f} [{tanh['top1_low']:+.2f}, {tanh['top1_high']:+.2f}] no verdict† | – |" in (
+        lines["tanh"])
+    assert "**" not in lines["tanh"]
     assert "| +1.40 | +1.20 |" in lines["no_lrn"]
     assert METHOD in text and "seed-to-seed spread was not measured" in text
     assert f"ten-crop test on {IMAGES} images" in text
     assert "| variant | LRN conv1 (start → end)" in text  # the diagnostics table follows
+    # Between them the planner's table: the change resolvable at 80% power at the row's seeds, after Holm over 3.
+    noise = noise_from_row(no_lrn, "top1")
+    at_seeds = resolvable(noise, IMAGES, 3, ALPHA / 3)
+    assert f"| no_lrn | top-1 | 3 | {IMAGES} | {noise.seed_spread:.2f} | {at_seeds:.2f} | +1.40 |" in text
+    assert at_seeds > no_lrn["top1_resolvable"]  # 80% power asks more than the estimate's 50%
 
 
 def test_without_outcomes_the_change_is_the_seed_mean_and_has_no_interval(study):
@@ -134,7 +183,7 @@ def test_inert_lrn_is_flagged_on_its_row_and_on_the_row_that_removes_it(study):
     assert "LRN inert in 2 of 3 seeds" in rows["no_overlap"]["flags"]
     assert rows["no_overlap"]["conv1_lrn_factor_end"] == pytest.approx(K_BETA * (1.2 + 2 * 1.0001) / 3)
     assert rows["baseline"]["val_minus_train_top1"] == pytest.approx(5.0)
-    lines = table(to_markdown(list(rows.values())), 1)
+    lines = table(to_markdown(list(rows.values())), 2)
     assert "| +0.01% → +6.67% |" in lines["no_overlap"]  # conv1's excess over k^beta, mean over seeds
     assert "| +5.00 | 0.10 | 3, 3, 3 |" in lines["baseline"]
     assert "| not reached |" in lines["tanh"]

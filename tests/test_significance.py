@@ -79,9 +79,12 @@ def test_interval_covers_the_true_change(seeds, sd_seed, sd_change):
           f"coverage {coverage:.3f} of {N_STUDIES}")
     # At least nominal within sampling error; conservative by design, by at most about 2.5 points.
     assert 0.95 - 3 * np.sqrt(0.95 * 0.05 / N_STUDIES) <= coverage <= 0.985
-    assert all(c.seed_spread_measured == (seeds > 1) for c in changes)
+    assert all(c.seed_spread_measured == c.verdict == (seeds > 1) for c in changes)
     excludes_zero = np.array([c.low > 0 or c.high < 0 for c in changes])
-    assert (excludes_zero == np.array([c.p < ALPHA for c in changes])).all()
+    if seeds > 1:
+        assert (excludes_zero == np.array([c.p < ALPHA for c in changes])).all()
+    else:  # an interval for the test images, but no p-value and no verdict
+        assert all(np.isnan(c.p) and not c.resolved for c in changes)
 
 
 @pytest.mark.parametrize("seeds", [2, 5])
@@ -136,14 +139,15 @@ def test_identical_arms_are_no_change_and_never_resolved():
     errors = {s: rng.random(200) < 0.4 for s in range(3)}
     for seeds in ({0}, {0, 1, 2}):
         c = paired_change({s: errors[s] for s in seeds}, {s: errors[s].copy() for s in seeds})
-        assert c.delta == 0 and c.p == pytest.approx(1) and not c.resolved
+        assert c.delta == 0 and not c.resolved and (c.p == pytest.approx(1) if len(seeds) > 1 else np.isnan(c.p))
         assert c.low < 0 < c.high and np.isfinite(c.se) and c.se > 0
 
 
 def test_arms_that_differ_on_every_image_get_a_finite_verdict():
     right, wrong = np.zeros(100, bool), np.ones(100, bool)
-    one_seed = paired_change({0: right}, {0: wrong})
-    assert one_seed.delta == 100 and one_seed.resolved and np.isfinite(one_seed.high)
+    one_seed = paired_change({0: right}, {0: wrong})  # one seed: an interval, but no verdict however large
+    assert one_seed.delta == 100 and not one_seed.resolved and np.isfinite(one_seed.high) and one_seed.low > 0
+    assert one_seed.disagreement == 1.0
     # Two seeds that agree exactly: a t with 1 df on the estimate's resolution, large but finite.
     two_seeds = paired_change({0: right, 1: right}, {0: wrong, 1: wrong})
     assert two_seeds.resolved and 0 < two_seeds.p < 0.01 and two_seeds.se == pytest.approx(100 / 200)
@@ -182,6 +186,28 @@ def test_compare_variants_applies_holm_over_the_comparable_variants():
     assert [c.p_holm for c in changes.values()] == pytest.approx(list(holm([c.p for c in alone.values()])))
     assert changes["worse"].resolved and not changes["same"].resolved
     assert changes["worse"].resolvable > alone["worse"].resolvable  # the stricter level alpha / 2
+
+
+def test_a_one_seed_variant_has_no_verdict_and_stays_out_of_the_holm_family():
+    """A variant paired with the baseline at one seed, alone or by overlapping it in one seed only, shows its change
+    and a test-image interval, but no p-value, no verdict, and changes nothing for the variants with seeds."""
+    rng = np.random.default_rng(3)
+    base = {s: rng.random(500) < 0.4 for s in range(3)}
+    variants = {"worse": {s: base[s] | (rng.random(500) < 0.08) for s in range(3)},
+                "same": {s: rng.random(500) < 0.4 for s in range(3)}}
+    without = compare_variants(base, variants)
+    # One seed with a small change (in the family it would raise the others' Holm p) and, overlapping the
+    # baseline's seeds in one seed only, a huge one whose interval lies far from 0.
+    one_seed = {"one": {0: base[0] ^ (rng.random(500) < 0.05)}, "overlap": {2: np.ones(500, bool), 9: base[0]}}
+    changes = compare_variants(base, variants | one_seed)
+    assert changes["overlap"].delta > 50 and changes["overlap"].low > 0
+    for name in one_seed:
+        c = changes[name]
+        assert len(c.seeds) == 1 and c.low < c.delta < c.high and not c.seed_spread_measured
+        assert not c.verdict and not c.resolved and np.isnan(c.p) and np.isnan(c.p_holm) and np.isnan(c.resolvable)
+    for name in variants:  # the family is the same two variants: same adjusted p-values, same resolvable sizes
+        assert changes[name] == without[name] and changes[name].verdict
+    assert changes["worse"].resolved
 
 
 def test_holm_on_a_textbook_example():

@@ -34,7 +34,8 @@ def read_curves(metrics_files: list[Path]) -> dict[str, list[tuple[int, float]]]
 
 def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
     """learning_curves.png (top-1 error per epoch, each variant's seeds) and deltas.png (a forest plot: each
-    variant's change with its 95% interval, the paper's change beside it, the flags in the labels)."""
+    variant's change with its 95% interval, the paper's change beside it, the flags in the labels; a row with one
+    seed paired, which has no verdict, as a hollow square on a dotted test-image interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,10 +70,12 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
             delta, low, high = (r.get(f"{m}_{k}", math.nan) for k in ("delta", "low", "high"))
             if missing(delta):
                 continue
+            one_seed = r.get(f"{m}_seed_spread_measured") is False  # no verdict: a dotted test-image interval
             colour = "C0" if r[f"{m}_resolved"] else "0.45"
             if not missing(low):
-                ax.plot([low, high], [y, y], color=colour, lw=2, solid_capstyle="butt")
-            ax.plot(delta, y, "o", color=colour, mfc=colour if r[f"{m}_resolved"] else "white", ms=7, zorder=3)
+                ax.plot([low, high], [y, y], color=colour, lw=2, ls=":" if one_seed else "-", solid_capstyle="butt")
+            ax.plot(delta, y, "s" if one_seed else "o", color=colour, mfc=colour if r[f"{m}_resolved"] else "white",
+                    ms=7, zorder=3)
             if not missing(r[f"paper_{m}_delta"]):
                 ax.plot(r[f"paper_{m}_delta"], y, "D", color="C3", ms=6, zorder=4)
         ax.axvline(0, color="k", lw=0.8)
@@ -82,6 +85,8 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
                           fontsize=8)
     handles = [plt.Line2D([], [], color="C0", marker="o", lw=2, label="resolved (95% interval, Holm)"),
                plt.Line2D([], [], color="0.45", marker="o", mfc="white", lw=2, label="not resolved"),
+               plt.Line2D([], [], color="0.45", marker="s", mfc="white", lw=2, ls=":",
+                          label="one seed: no verdict (test-image interval)"),
                plt.Line2D([], [], color="C3", marker="D", ls="", label="paper (ILSVRC)")]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle("Ablations against the paper: change with its 95% interval", fontsize=10)

@@ -27,18 +27,23 @@ Satterthwaite's estimated degrees of freedom covered only 87-92% at S = 2 in our
 freedom jump up whenever the 1-df seed part comes out small by chance). p-values and intervals come from the same
 distribution, so the 1 - alpha interval excludes 0 iff p < alpha.
 
-With one seed the seed-to-seed spread is not measured: the interval covers the test-set noise only, and
-``Change.seed_spread_measured`` is False. The variance is never taken below the estimate's resolution, one image at
-one seed ((1 / (S n))^2), so arms that agree on every image give p = 1 and arms that differ on every image a
-large but finite statistic, never a division by zero.
+With one seed the seed-to-seed spread is not measured: the interval covers the test-set noise only
+(``Change.seed_spread_measured`` is False), and a test on it would pass off one training run's luck as a real
+change, the more often the more test images there are. Such a change carries no verdict (``Change.verdict`` is
+False): its p, Holm-adjusted p and resolvable size are NaN, it is never resolved, and it is left out of the Holm
+family. The variance is never taken below the estimate's resolution, one image at one seed ((1 / (S n))^2), so
+arms that agree on every image give p = 1 and arms that differ on every image a large but finite statistic, never
+a division by zero.
 
-The variants of a study are a family per metric (top-1 and top-5 separately): a variant is resolved when its
-Holm-adjusted p-value is below alpha (Holm 1979; valid under any dependence, such as that through the shared
-baseline). The printed interval is each variant's own 1 - alpha interval, not adjusted. ``resolvable`` is the
-smallest change the study could have resolved: any estimate beyond it is resolved whatever the other variants
-show (Holm's strictest level, alpha / m); a true change of that size is resolved about half the time.
+The variants of a study that carry a verdict (two or more seeds paired with the baseline) are a family per metric
+(top-1 and top-5 separately): a variant is resolved when its Holm-adjusted p-value is below alpha (Holm 1979;
+valid under any dependence, such as that through the shared baseline). The printed interval is each variant's own
+1 - alpha interval, not adjusted. ``resolvable`` is the smallest change the study could have resolved: any
+estimate beyond it is resolved whatever the other variants show (Holm's strictest level, alpha / m); a true change
+of that size is resolved about half the time (study/planner.py gives the change resolved with a chosen power).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -51,8 +56,8 @@ ALPHA = 0.05
 METHOD = (
     "Δ: change against the baseline, paired by seed and test image, mean over seeds; [95% interval] and p-value "
     "count seed-to-seed spread (t, seeds − 1 df) and the test images all seeds share (Fisher–Behrens), the interval "
-    "not adjusted for the other variants; resolved: Holm-adjusted p < 0.05 over the variants, top-1 and top-5 "
-    "separately; resolvable: smallest change this study could have resolved"
+    "not adjusted for the other variants; resolved: Holm-adjusted p < 0.05 over the variants with two or more seeds "
+    "paired with the baseline, top-1 and top-5 separately; resolvable: smallest change this study could have resolved"
 )
 
 # log(w) grid for the chi2 part of the reference distribution: the trapezoid rule on this smooth, fast-decaying
@@ -64,11 +69,14 @@ _LOG_W = np.arange(-60.0, 8.0, 0.2)
 class Change:
     """A variant's change in error against the baseline, in percentage points (variant minus baseline).
 
-    delta, low, high: the estimate and its 1 - alpha interval (not adjusted for the other variants).
+    delta, low, high: the estimate and its 1 - alpha interval (not adjusted for the other variants; with one seed,
+        for the test-set noise only).
     p: two-sided p-value for "no change"; p_holm: Holm-adjusted over the family (p itself for one variant).
     resolved: p_holm < alpha. resolvable: the smallest |delta| that would be resolved (module docstring).
+    verdict: False with a single seed paired: then p, p_holm and resolvable are NaN and resolved is False.
     se, se_seed, se_image: the standard error and its two parts (se**2 = se_seed**2 + se_image**2).
     seeds: the seeds both arms have; images: n; seed_spread_measured: False with a single seed.
+    disagreement: the fraction of (seed, image) pairs on which the two arms differ in correctness (for planning).
     """
 
     delta: float
@@ -84,6 +92,8 @@ class Change:
     seeds: tuple[int, ...]
     images: int
     seed_spread_measured: bool
+    verdict: bool
+    disagreement: float
     alpha: float = ALPHA
 
 
@@ -105,12 +115,13 @@ def paired_change(baseline: Mapping[int, ArrayLike], variant: Mapping[int, Array
     v_seed, v_image = _variance_parts(d)
     S, n = d.shape
     delta = float(d.mean())
-    p = _tail(abs(delta), v_seed, v_image, S - 1)
     half = _quantile(alpha, v_seed, v_image, S - 1)
+    p = _tail(abs(delta), v_seed, v_image, S - 1) if S > 1 else math.nan
     return Change(
         delta=100 * delta, low=100 * (delta - half), high=100 * (delta + half), p=p, p_holm=p, resolved=p < alpha,
-        resolvable=100 * half, se=100 * float(np.sqrt(v_seed + v_image)), se_seed=100 * float(np.sqrt(v_seed)),
-        se_image=100 * float(np.sqrt(v_image)), seeds=seeds, images=n, seed_spread_measured=S > 1, alpha=alpha,
+        resolvable=100 * half if S > 1 else math.nan, se=100 * float(np.sqrt(v_seed + v_image)),
+        se_seed=100 * float(np.sqrt(v_seed)), se_image=100 * float(np.sqrt(v_image)), seeds=seeds, images=n,
+        seed_spread_measured=S > 1, verdict=S > 1, disagreement=float((d != 0).mean()), alpha=alpha,
     )
 
 
@@ -127,10 +138,11 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 def compare_variants(
     baseline: Mapping[int, ArrayLike], variants: Mapping[str, Mapping[int, ArrayLike]], alpha: float = ALPHA
 ) -> dict[str, Change]:
-    """Every variant against the baseline on one metric, with Holm's correction over them.
+    """Every variant against the baseline on one metric, with Holm's correction over those that carry a verdict.
 
     A variant with no seed in common with the baseline cannot be compared: it is left out of the result and of
-    the family. Other bad input raises ValueError naming the variant.
+    the family. One with a single seed in common is in the result, without a verdict, and out of the family. Other
+    bad input raises ValueError naming the variant.
     """
     changes = {}
     for name, arms in variants.items():
@@ -139,11 +151,13 @@ def compare_variants(
                 changes[name] = paired_change(baseline, arms, alpha)
             except ValueError as e:
                 raise ValueError(f"variant {name!r}: {e}") from e
-    m = len(changes)
-    return {
-        name: replace(c, p_holm=float(a), resolved=bool(a < alpha), resolvable=100 * _quantile(alpha / m, *_parts(c)))
-        for (name, c), a in zip(changes.items(), holm([c.p for c in changes.values()]))
-    }
+    family = [name for name, c in changes.items() if c.verdict]
+    m = len(family)
+    for name, a in zip(family, holm([changes[name].p for name in family])):
+        c = changes[name]
+        changes[name] = replace(c, p_holm=float(a), resolved=bool(a < alpha),
+                                resolvable=100 * _quantile(alpha / m, *_parts(c)))
+    return changes
 
 
 def _errors(values: ArrayLike, arm: str, seed: int) -> np.ndarray:
