@@ -9,6 +9,7 @@ A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact 
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from alexnet_lightning.progress import LogLines
 from alexnet_lightning.training.allocator import keep_freed_memory
 from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, check_writable, resume_checkpoint
 from alexnet_lightning.training.diagnostics import Diagnostics
+from alexnet_lightning.training.quiet import ignore_args_warning, quiet_libraries
 from alexnet_lightning.training.stops import Sigterm, training_callbacks
 
 DESCRIPTION = (
@@ -128,14 +130,18 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
         print(f"alexnet-lightning: error: --config {err}", file=sys.stderr)
         raise SystemExit(2) from None
     keep_freed_memory()
+    quiet_libraries()
     paper = {"default_config_files": [str(PAPER)]}  # the paper's run unless a --config says otherwise
     per_parser = {name: paper for name in AlexNetCLI.subcommands()} if run else paper
-    return AlexNetCLI(
-        AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [*training_callbacks(), Diagnostics()]},
-    )
+    with warnings.catch_warnings():
+        if args is not None:
+            ignore_args_warning()
+        return AlexNetCLI(
+            AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
+            parser_kwargs={"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [*training_callbacks(), Diagnostics()]},
+        )
 
 
 def console() -> None:

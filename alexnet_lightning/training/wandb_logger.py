@@ -33,10 +33,14 @@ class FallbackWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # WandbLogger passes `anonymous=None` unless it is set, and wandb warns that the setting has no effect
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
         # The CLI passes every argument of wandb.init, settings=None among them: wandb's own init_timeout is 90 s.
         settings = self._wandb_init.get("settings") or {}
+        # quiet: no per-run history and summary printout, which the study's table and each epoch's line hold
         if isinstance(settings, dict):
-            settings = {**settings, "init_timeout": init_timeout}
+            settings = {"quiet": True, **settings, "init_timeout": init_timeout}
         else:  # a wandb.Settings
             settings.init_timeout = init_timeout
         self._wandb_init["settings"] = settings
