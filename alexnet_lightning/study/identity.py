@@ -111,7 +111,7 @@ def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
             why = ""
             if "readings" in changed:
                 why = (f" Its LRN and PCA lighting were computed with {recorded['readings']}, this version computes "
-                       f"{identity['readings']} (README, Faithfulness): their results must not be mixed.")
+                       f"{identity['readings']} (docs/paper.md#cuda-convnet2): their results must not be mixed.")
             raise SystemExit(
                 f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}).{why} "
                 f"Use --study with a new name, or remove {study_dir}."
