@@ -15,6 +15,7 @@ from tests.conftest import REPO
 NOISE = [
     "args parameter is intended",  # LightningCLI, with the whole argument list
     "litlogger",  # Lightning's tip
+    "tensorboardX",  # Lightning's note that TensorBoard is not installed
     "anonymous setting has no effect",  # wandb
     "isinstance(treespec, LeafSpec)",  # Lightning on a newer torch
     "Run history:",  # wandb's per-run printout, which the table holds

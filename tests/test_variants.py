@@ -75,3 +75,12 @@ def test_a_study_json_holding_its_files_merged_is_the_same_study(study_args):
     study_file.parent.mkdir(parents=True)
     study_file.write_text(json.dumps(study_identity(args) | {"base_config": merged}))
     open_study(args)
+
+
+def test_a_recorded_config_this_version_cannot_read_is_a_clear_error(study_args):
+    args = runner.parse_args(study_args)
+    study_file = args.results / args.study / "study.json"
+    study_file.parent.mkdir(parents=True)
+    study_file.write_text(json.dumps(study_identity(args) | {"base_config": {"model": {"no_such_option": 1}}}))
+    with pytest.raises(SystemExit, match=r"study.json is not one this version reads .*no_such_option"):
+        open_study(args)

@@ -8,6 +8,9 @@ import warnings
 LIBRARY_WARNINGS = [
     # Lightning 2.6 calls a torch API that torch >= 2.10 deprecates; nothing the user can change
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
+    # Lightning's note, for a trainer without a logger (`alexnet-lightning fit`), that TensorBoard is not installed
+    (r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+     r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.logger_connector"),
 ]
 ARGS_WARNING = (r"LightningCLI's args parameter is intended", r"lightning\.pytorch\.cli")
 # (logger, the message's start): Lightning's advertisement, logged for every trainer without its own logger class
