@@ -10,7 +10,7 @@ from tests.conftest import PYPROJECT, REPO
 
 SCRIPTS = {
     "ablate": (REPO / "experiments" / "ablate.py", "ablation study"),
-    "compare": (REPO / "experiments" / "compare.py", "ablation table of a study"),
+    "compare": (REPO / "experiments" / "compare.py", "ablation table, rebuilt"),
     "benchmark": (REPO / "experiments" / "benchmark.py", "Throughput"),
     "benchmark_model_parallel": (REPO / "experiments" / "benchmark_model_parallel.py", "two-tower layout"),
 }
@@ -47,7 +47,8 @@ def test_every_data_command_renders_its_help(command, capsys, monkeypatch):
 
 CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
 COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study",
-            "alexnet-plan": "How many seeds does an ablation study need"}
+            "alexnet-plan": "How many seeds does an ablation study need",
+            "alexnet-compare": "ablation table"}
 
 
 @pytest.mark.parametrize("name", CONSOLE_SCRIPTS)

@@ -5,7 +5,7 @@ from torch import nn
 
 from alexnet_lightning.model.network import AlexNet, LocalResponseNorm, local_response_norm
 
-# PAPER.md, Architecture: the maps after each conv layer, pooled where there is pooling.
+# docs/paper.md#architecture (Section 3.5): the maps after each conv layer, pooled where there is pooling.
 PAPER_SHAPES = {
     "conv1": (96, 55), "conv1_pool": (96, 27), "conv2": (256, 27), "conv2_pool": (256, 13),
     "conv3": (384, 13), "conv4": (384, 13), "conv5": (256, 13), "conv5_pool": (256, 6),
@@ -48,7 +48,7 @@ def test_two_towers_connect_conv2_conv4_conv5_within_a_tower_only():
     layers = AlexNet().learned_layers()
     groups = {name: layers[name].groups for name in ("conv1", "conv2", "conv3", "conv4", "conv5")}
     assert groups == {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
-    # PAPER.md: conv2 5x5x48, conv3 3x3x256, conv4 3x3x192, conv5 3x3x192.
+    # docs/paper.md#architecture: conv2 5x5x48, conv3 3x3x256, conv4 3x3x192, conv5 3x3x192.
     assert [tuple(layers[f"conv{i}"].weight.shape[1:]) for i in range(2, 6)] == [
         (48, 5, 5), (256, 3, 3), (192, 3, 3), (192, 3, 3)
     ]

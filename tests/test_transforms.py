@@ -1,4 +1,4 @@
-"""The paper's pipeline (PAPER.md, Data; Augmentation and testing) against independent computations."""
+"""The paper's pipeline (docs/paper.md, Sections 2 and 4.1) against independent computations."""
 
 import numpy as np
 import pytest

@@ -24,7 +24,8 @@ from alexnet_lightning.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-# The paper publishes none; these are fb.resnet.torch's, used by most later code (PAPER.md), for RGB in [0, 1].
+# The paper publishes none; these are fb.resnet.torch's, used by most later code, for RGB in [0, 1]
+# (docs/paper.md#augmentation).
 PUBLISHED_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 PUBLISHED_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 PUBLISHED_MEAN = torch.tensor([0.485, 0.456, 0.406])

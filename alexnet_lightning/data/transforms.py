@@ -1,4 +1,4 @@
-"""The paper's input pipeline, train and eval side by side (PAPER.md, Data; Augmentation and testing).
+"""The paper's input pipeline, train and eval side by side (docs/paper.md, Sections 2 and 4.1).
 
 Every split first decodes to RGB, rescales the shorter side to ``resize_size``, takes the central
 ``resize_size`` square and subtracts the training set's mean (Section 2: "the only other

@@ -17,7 +17,8 @@ from alexnet_lightning.model import outcomes
 from alexnet_lightning.model.network import AlexNet
 
 # Which reading of each mechanism a run was trained with, where the printed paper and the authors' code differ
-# (README, Faithfulness). Checkpoints and studies written before the record existed computed the printed formulas.
+# (docs/paper.md#cuda-convnet2). Checkpoints and studies written before the record existed computed the printed
+# formulas.
 READINGS = {"lrn_formula": AlexNet, "lighting_formula": ImageNetDataModule, "lighting_rescale": ImageNetDataModule}
 LEGACY_READINGS = {"lrn_formula": "printed", "lighting_formula": "printed", "lighting_rescale": False}
 
@@ -115,7 +116,7 @@ class AlexNetModule(L.LightningModule):
             raise ValueError(
                 f"{where} was trained with {found}, this run computes "
                 + ", ".join(f"{k}={current[k]!r}" for k in differ)
-                + f" (README, Faithfulness). To use it, pass {options}; or train afresh."
+                + f" (docs/paper.md#cuda-convnet2). To use it, pass {options}; or train afresh."
             )
         for name, value in self.state_dict().items():  # checkpoints from before the counts were kept
             if name.startswith("train_metrics."):

@@ -155,7 +155,7 @@ class AlexNet(nn.Module):
     Args:
         num_classes: outputs of fc8 (1000 for ILSVRC).
         towers: 2 is the paper's two-GPU layout; 1 is its one-GPU control with half the kernels of every
-            layer except conv5 and the fully connected layers (the paper's footnote in Section 6.1).
+            layer except conv5 and the fully connected layers (the footnote of Section 3.2).
         lrn: local response normalisation after conv1 and conv2.
         lrn_formula: "cuda-convnet2", what the authors' code computed (alpha / n per squared term), or the
             deviation "printed", the literal reading of the paper's formula (alpha per term); see local_response_norm.

@@ -102,7 +102,7 @@ def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any
         validated = {k: v for k, v in trainer.validate(model, data)[0].items() if k.startswith("val/")}
         trainer.loggers = loggers
     diagnosed = diagnose(cell_dir, trainer, args.train_error_target) if first else {}
-    tested = trainer.test(model, data)[0]
+    tested = trainer.test(model, data, verbose=False)[0]  # its figures go to the result and the table
     if not first:
         return
     keep_outcomes(cell_dir, trainer, model, data)

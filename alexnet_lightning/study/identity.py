@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
+from argparse import ArgumentError
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from alexnet_lightning import CONFIGS, current_name
 from alexnet_lightning.data import standin
 from alexnet_lightning.files import write_atomic
 from alexnet_lightning.model.module import LEGACY_READINGS, readings
-from alexnet_lightning.study.variants import merge
+from alexnet_lightning.training.cli import resolved_config
 
 PRESETS = {
     "quick": [CONFIGS / "paper.yaml", CONFIGS / "presets" / "quick.yaml"],  # CPU minutes on the built-in data
@@ -57,12 +59,10 @@ def code_version() -> str:
 
 
 def study_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs of a study comparable: the resolved base config, the readings of LRN and PCA lighting
-    (module.READINGS: a study from before they were recorded computed the printed formulas), the epochs and the
-    data."""
-    config: dict[str, Any] = {}
-    for path in base_configs(args):
-        config = merge(config, yaml.safe_load(path.read_text()) or {})
+    """What makes two runs of a study comparable: the base config as the CLI resolves it, the readings of LRN and
+    PCA lighting (module.READINGS: a study from before they were recorded computed the printed formulas), the epochs
+    and the data."""
+    config = resolved_config(base_configs(args))
     return {
         "preset": args.preset,
         "base_config": config,
@@ -71,6 +71,19 @@ def study_identity(args: argparse.Namespace) -> dict[str, Any]:
         "data_root": str(args.data_root.resolve()) if args.data_root else None,
         "data_fingerprint": data_fingerprint(args.data_root),
     }
+
+
+def resolve_recorded(study_file: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded base config as the CLI resolves it today, to compare with this run's: a study.json written before
+    the CLI resolved it holds the merge of its files, which the CLI may resolve to the same config."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "recorded.yaml")
+        path.write_text(yaml.safe_dump(config))
+        try:
+            return resolved_config([path])
+        except ArgumentError as err:
+            raise SystemExit(f"error: the config recorded in {study_file} is not one this version reads ({err}). Use "
+                             f"--study with a new name.") from None
 
 
 def read_study(study_file: Path, keys: set[str]) -> dict[str, Any]:
@@ -106,12 +119,13 @@ def open_study(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
                      exclusive=True)
     except FileExistsError:
         recorded = read_study(study_file, set(identity))
+        recorded["base_config"] = resolve_recorded(study_file, recorded["base_config"])
         changed = sorted(k for k in identity if recorded[k] != identity[k])
         if changed:
             why = ""
             if "readings" in changed:
                 why = (f" Its LRN and PCA lighting were computed with {recorded['readings']}, this version computes "
-                       f"{identity['readings']} (README, Faithfulness): their results must not be mixed.")
+                       f"{identity['readings']} (docs/paper.md#cuda-convnet2): their results must not be mixed.")
             raise SystemExit(
                 f"error: {study_dir} was written by a different config (differs in: {', '.join(changed)}).{why} "
                 f"Use --study with a new name, or remove {study_dir}."

@@ -67,14 +67,6 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `base` with `overlay` merged into it, section by section (as the Lightning CLI merges configs)."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        merged[key] = merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
-    return merged
-
-
 def overlay_text(variant: Variant) -> str:
     header = f"# Ablation '{variant.name}': {variant.change}. Paper: {variant.paper_effect}.\n"
     header += "# Generated from alexnet_lightning/variants.py; an overlay of the paper's config, the CLI's default:\n"

@@ -9,9 +9,11 @@ A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact 
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,6 +26,7 @@ from alexnet_lightning.progress import LogLines
 from alexnet_lightning.training.allocator import keep_freed_memory
 from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, check_writable, resume_checkpoint
 from alexnet_lightning.training.diagnostics import Diagnostics
+from alexnet_lightning.training.quiet import ignore_args_warning, quiet_libraries
 from alexnet_lightning.training.stops import Sigterm, training_callbacks
 
 DESCRIPTION = (
@@ -128,14 +131,48 @@ def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
         print(f"alexnet-lightning: error: --config {err}", file=sys.stderr)
         raise SystemExit(2) from None
     keep_freed_memory()
-    paper = {"default_config_files": [str(PAPER)]}  # the paper's run unless a --config says otherwise
+    quiet_libraries()
+    with warnings.catch_warnings():
+        if args is not None:
+            ignore_args_warning()
+        return AlexNetCLI(**cli_kwargs(run), args=args, run=run)
+
+
+def cli_kwargs(run: bool, **parser_kwargs: Any) -> dict[str, Any]:
+    paper = {"default_config_files": [str(PAPER)], **parser_kwargs}  # the paper's run unless a --config says otherwise
     per_parser = {name: paper for name in AlexNetCLI.subcommands()} if run else paper
-    return AlexNetCLI(
-        AlexNetModule, ImageNetDataModule, args=args, run=run, auto_configure_optimizers=False,
-        parser_kwargs={"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [*training_callbacks(), Diagnostics()]},
-    )
+    return {
+        "model_class": AlexNetModule, "datamodule_class": ImageNetDataModule, "auto_configure_optimizers": False,
+        "parser_kwargs": {"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
+        "save_config_kwargs": {"overwrite": True},
+        "trainer_defaults": {"callbacks": [*training_callbacks(), Diagnostics()]},
+    }
+
+
+class _Parsed(Exception):
+    """Carries the parsed config out of ConfigParse's constructor."""
+
+
+class ConfigParse(AlexNetCLI):
+    """The CLI's parse of its arguments, stopped before it seeds or instantiates anything."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(yaml.safe_load(parser.dump(self.config, skip_none=False)))
+
+
+def resolved_config(configs: list[Path]) -> dict[str, Any]:
+    """The config that `alexnet-lightning` resolves from these config files (after the paper's), as a dict: the one
+    merger of configs (a later file's `class_path` replaces the class and its arguments; a list replaces a list).
+    A config it cannot read raises jsonargparse's ArgumentError."""
+    with warnings.catch_warnings():
+        ignore_args_warning()
+        try:
+            ConfigParse(**cli_kwargs(False, exit_on_error=False), args=with_config_files(
+                [a for path in configs for a in ("--config", str(path))]), run=False)
+        except _Parsed as parsed:
+            return parsed.args[0]
+    raise AssertionError("LightningCLI returned without parsing its arguments")
 
 
 def console() -> None:

@@ -1,9 +1,7 @@
 """Weights & Biases: online only where an account is configured, so that no run ever waits on a network."""
 
-import json
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,14 @@ class FallbackWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # WandbLogger passes `anonymous=None` unless it is set, and wandb warns that the setting has no effect
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
         # The CLI passes every argument of wandb.init, settings=None among them: wandb's own init_timeout is 90 s.
         settings = self._wandb_init.get("settings") or {}
+        # quiet: no per-run history and summary printout, which the study's table and each epoch's line hold
         if isinstance(settings, dict):
-            settings = {**settings, "init_timeout": init_timeout}
+            settings = {"quiet": True, **settings, "init_timeout": init_timeout}
         else:  # a wandb.Settings
             settings.init_timeout = init_timeout
         self._wandb_init["settings"] = settings
@@ -64,39 +66,3 @@ class FallbackWandbLogger(WandbLogger):
             self._wandb_init["mode"] = "offline"
         return super().experiment
 
-
-def offline_records(path: Path) -> Iterator[Any]:
-    """The records of an offline W&B run file (run-*.wandb): a 7-byte header, then a LevelDB-style log of
-    32 KiB blocks whose chunks (crc32c, little-endian length, type) carry serialised protobuf records."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, pos, pending = path.read_bytes(), 32768, 7, b""
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:  # zero padding at the end of a block
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk  # FULL or FIRST start a record
-        if kind in (1, 4):  # FULL or LAST end it
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
-def read_offline_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config and the last logged value of every metric of an offline W&B run file."""
-    config, metrics = {}, {}
-    for record in offline_records(path):
-        kind = record.WhichOneof("record_type")
-        if kind not in ("config", "summary", "history"):
-            continue
-        items = record.history.item if kind == "history" else getattr(record, kind).update
-        for item in items:
-            key = item.key or "/".join(item.nested_key)
-            (config if kind == "config" else metrics)[key] = json.loads(item.value_json)
-    return config, metrics

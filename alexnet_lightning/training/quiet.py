@@ -1,0 +1,42 @@
+"""Library messages that say nothing about the user's run, filtered where they arise: each by its text and the
+module that issues it, so that every other warning (about the run, or new in a library) still shows."""
+
+import logging
+import warnings
+
+# (the message's start, as a regular expression; the module that issues it)
+LIBRARY_WARNINGS = [
+    # Lightning 2.6 calls a torch API that torch >= 2.10 deprecates; nothing the user can change
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
+    # Lightning's note, for a trainer without a logger (`alexnet-lightning fit`), that TensorBoard is not installed
+    (r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+     r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.logger_connector"),
+]
+ARGS_WARNING = (r"LightningCLI's args parameter is intended", r"lightning\.pytorch\.cli")
+# (logger, the message's start): Lightning's advertisement, logged for every trainer without its own logger class
+LIBRARY_LOGS = [("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging")]
+
+
+class _Drop(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def quiet_libraries() -> None:
+    """Filters the library messages above (idempotent: a filter added twice is kept once)."""
+    for message, module in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    for name, start in LIBRARY_LOGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) and f.start == start for f in logger.filters):
+            logger.addFilter(_Drop(start))
+
+
+def ignore_args_warning() -> None:
+    """LightningCLI warns of `args` given beside a command line, as when `alexnet-ablate` hands each cell's
+    arguments to the CLI: `main(args)` uses `args` in place of the command line by design."""
+    warnings.filterwarnings("ignore", message=ARGS_WARNING[0], module=ARGS_WARNING[1])
