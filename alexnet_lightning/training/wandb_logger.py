@@ -23,7 +23,8 @@ def wandb_offline() -> bool:
 class FallbackWandbLogger(WandbLogger):
     """A WandbLogger that goes on offline, with one warning, when W&B cannot be reached online (no network, a bad
     key, a server that does not answer) within `init_timeout` seconds, under the same run id and resume settings.
-    Takes WandbLogger's arguments.
+    Takes WandbLogger's arguments; ``offline=None`` (the default) decides as ``wandb_offline`` does, so a config file
+    (``--config wandb``) gets the runner's choice.
 
     After a fallback, the later loggers of the process (the cells of an ablation study) go offline at once, without
     another wait or warning.
@@ -31,8 +32,8 @@ class FallbackWandbLogger(WandbLogger):
 
     unreachable = False  # W&B could not be reached earlier in this process
 
-    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, init_timeout: float = 30.0, offline: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, offline=wandb_offline() if offline is None else offline, **kwargs)
         # The CLI passes every argument of wandb.init, settings=None among them: wandb's own init_timeout is 90 s.
         settings = self._wandb_init.get("settings") or {}
         if isinstance(settings, dict):

@@ -81,7 +81,8 @@ def model_card(record: dict[str, Any], checkpoint: Path, name: str) -> str:
         f"{data['crop_size']}x{data['crop_size']} crops, the {mean} subtracted, values times {data['value_scale']:g}.",
         f"- Preset: {found or 'none of the packaged presets'}; the network's options that differ from the paper's: "
         f"{', '.join(f'{k}={v}' for k, v in changed.items()) or 'none'}.",
-        f"- Trained: {record.get('epoch')} epoch(s), {record.get('global_step')} steps.",
+        f"- Trained: written in epoch {record['epoch'] + 1} (counting from 1), after {record['global_step']} steps."
+        if record.get("epoch") is not None else "- Trained: unknown (the record was written outside a Trainer).",
         "- Errors measured: " + (", ".join(f"{k} {v:.4f}" for k, v in sorted(errors.items())) or "none recorded")
         + " (val: centre crop; test: ten crops).",
         "- Readings: " + ", ".join(f"{CLAIMS[k]}: {v}" for k, v in record["readings"].items() if v is not None) + ".",
