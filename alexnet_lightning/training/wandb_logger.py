@@ -33,7 +33,12 @@ class FallbackWandbLogger(WandbLogger):
     unreachable = False  # W&B could not be reached earlier in this process
 
     def __init__(self, *args: Any, init_timeout: float = 30.0, offline: bool | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, offline=wandb_offline() if offline is None else offline, **kwargs)
+        offline = wandb_offline() if offline is None else offline
+        if offline and kwargs.get("log_model"):  # WandbLogger refuses the pair: a run without an account goes on
+            warnings.warn("W&B is offline: checkpoints are not logged as model artifacts (log_model needs an online "
+                          "run)", stacklevel=2)
+            kwargs["log_model"] = False
+        super().__init__(*args, offline=offline, **kwargs)
         # The CLI passes every argument of wandb.init, settings=None among them: wandb's own init_timeout is 90 s.
         settings = self._wandb_init.get("settings") or {}
         if isinstance(settings, dict):
