@@ -68,7 +68,7 @@ def model_card(record: dict[str, Any], checkpoint: Path, name: str) -> str:
     found = preset(network, data)
     errors = measured_errors(record, checkpoint)
     mean = "mean image" if data["mean"].dim() == 3 else "channel mean"
-    source = data.get("root") or "the built-in stand-in (30 classes of shapes and textures; colour carries no label)"
+    source = data.get("root") or "the built-in stand-in (shapes and textures; colour carries no label information)"
     lines = [
         f"# {name}: AlexNet (Krizhevsky, Sutskever, Hinton 2012), alexnet-lightning",
         "",
