@@ -79,4 +79,4 @@ def test_the_figures_command_writes_both_figures_and_the_towers_numbers(tiny_ima
     assert (tmp_path / "fig" / "kernels-m.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "neighbours-m.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "largely color-agnostic" in out and "m: tower 1 " in out
+    assert "largely color-agnostic" in out and "m (step None): tower 1 " in out

@@ -173,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         network = build_network(record, weights)
         name = re.sub(r"[^\w.-]+", "-", label)
         scores = kernel_figure(network, f"conv1 kernels, {label}", args.out / f"kernels-{name}.png")
-        table[label] = {"checkpoint": str(path), "towers": network.towers, "tower_specificity": scores}
+        table[label] = {"checkpoint": str(path), "towers": network.towers, "tower_specificity": scores,
+                        "global_step": record.get("global_step")}
         towers = "  ".join(f"tower {t + 1} {s:.3f}" for t, s in enumerate(scores))
-        print(f"  {label}: {towers}" + (f"  (difference {scores[1] - scores[0]:+.3f})" if len(scores) == 2 else ""))
+        difference = f"  (difference {scores[1] - scores[0]:+.3f})" if len(scores) == 2 else ""
+        print(f"  {label} (step {record.get('global_step')}): {towers}{difference}")
         if not args.no_neighbours and (not args.study or label.endswith("seed0")):
             root = args.data or (Path(record["data"]["root"]) if record["data"].get("root") else standin.ensure())
             neighbours_figure(path, root, args.out / f"neighbours-{name}.png", args.queries, args.neighbours,
