@@ -156,6 +156,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.augmentation: BatchAugmentation | None = None
         self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
         self.mean: Tensor | None = None  # what setup subtracts, for the checkpoint's inference record
+        self._classes: tuple[list[str], list[str]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position, kept in checkpoints."""
@@ -174,6 +175,15 @@ class ImageNetDataModule(L.LightningDataModule):
         where its ``meta.bin`` lies in the data root; else the ids). None before ``setup``."""
         if self.mean is None:
             return None
+        if self._classes is None:  # read once: checkpoints are written every 1000 steps
+            self._classes = self._class_ids_and_names()
+        wnids, names = self._classes
+        hp = self.hparams
+        return {"root": hp.root, "mean": self.mean.clone(), "value_scale": float(hp.value_scale),
+                "resize_size": hp.resize_size, "crop_size": hp.crop_size, "wnids": wnids, "names": names}
+
+    def _class_ids_and_names(self) -> tuple[list[str], list[str]]:
+        """The class ids in label order (prepared meta, devkit or train folders) and names (devkit meta.bin or ids)."""
         root = self.data_root()
         if (root / "prepared.json").is_file():
             wnids = list(shards.read_meta(root)["classes"])
@@ -188,9 +198,7 @@ class ImageNetDataModule(L.LightningDataModule):
 
             known = load_meta_file(str(meta.parent))[0]
             names = [", ".join(known[w]) if w in known else w for w in wnids]
-        hp = self.hparams
-        return {"root": hp.root, "mean": self.mean.clone(), "value_scale": float(hp.value_scale),
-                "resize_size": hp.resize_size, "crop_size": hp.crop_size, "wnids": wnids, "names": names}
+        return wnids, names
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = shards.read_meta(root)
