@@ -48,7 +48,9 @@ def test_every_data_command_renders_its_help(command, capsys, monkeypatch):
 CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
 COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ablation study",
             "alexnet-plan": "How many seeds does an ablation study need",
-            "alexnet-compare": "ablation table"}
+            "alexnet-compare": "ablation table",
+            "alexnet-classify": "checkpoint or export alone", "alexnet-export": "safetensors",
+            "alexnet-figures": "Figures 3 and 4"}
 
 
 @pytest.mark.parametrize("name", CONSOLE_SCRIPTS)
@@ -58,7 +60,7 @@ def test_every_console_command_renders_its_help(name, capsys, monkeypatch):
     assert f"usage: {name}" in out and COMMANDS[name] in out
 
 
-@pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"], ["predict"]])
+@pytest.mark.parametrize("subcommand", [[], ["fit"], ["validate"], ["test"]])
 def test_the_cli_and_its_subcommands_render_their_help_and_describe_the_project(subcommand, capsys, monkeypatch):
     from alexnet_lightning.training.cli import main
 
@@ -68,6 +70,16 @@ def test_the_cli_and_its_subcommands_render_their_help_and_describe_the_project(
         assert "paper-faithful AlexNet" in out and "Lightning Trainer command line tool" not in out
     else:
         assert "--model.lrn_formula" in out and "--data.lighting_formula" in out
+
+
+def test_predict_is_not_offered_and_names_the_command_that_classifies(capsys, monkeypatch):
+    from alexnet_lightning.training.cli import main
+
+    out = help_text(lambda: main(["--help"]), capsys, monkeypatch, ["alexnet-lightning"])
+    assert "{fit,validate,test}" in out and "predict" not in out.split("subcommands:")[-1]
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--ckpt_path", "x.ckpt"])
+    assert exited.value.code == 2 and "alexnet-classify CHECKPOINT PATH" in capsys.readouterr().err
 
 
 def test_the_cache_follows_xdg_unless_its_own_variable_is_set(monkeypatch, tmp_path):

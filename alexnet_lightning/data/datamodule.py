@@ -155,6 +155,8 @@ class ImageNetDataModule(L.LightningDataModule):
         self.skipped_files = torch.tensor(0)
         self.augmentation: BatchAugmentation | None = None
         self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
+        self.mean: Tensor | None = None  # what setup subtracts, for the checkpoint's inference record
+        self._classes: tuple[list[str], list[str]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position, kept in checkpoints."""
@@ -166,6 +168,37 @@ class ImageNetDataModule(L.LightningDataModule):
         # creates the loader's iterator before it sets the sampler's epoch, and loader processes draw the first
         # batches' indices as soon as the iterator exists: the resumed epoch would be shuffled as the first was.
         self.train_position = state.get("train_position")
+
+    def inference_record(self) -> dict[str, Any] | None:
+        """What classifying an image needs from the data, in types ``torch.load(weights_only=True)`` reads: the mean
+        subtracted, value scale, resize and crop sizes, the class ids in label order and their names (the devkit's,
+        where its ``meta.bin`` lies in the data root; else the ids). None before ``setup``."""
+        if self.mean is None:
+            return None
+        if self._classes is None:  # read once: checkpoints are written every 1000 steps
+            self._classes = self._class_ids_and_names()
+        wnids, names = self._classes
+        hp = self.hparams
+        return {"root": hp.root, "mean": self.mean.clone(), "value_scale": float(hp.value_scale),
+                "resize_size": hp.resize_size, "crop_size": hp.crop_size, "wnids": wnids, "names": names}
+
+    def _class_ids_and_names(self) -> tuple[list[str], list[str]]:
+        """The class ids in label order (prepared meta, devkit or train folders) and names (devkit meta.bin or ids)."""
+        root = self.data_root()
+        if (root / "prepared.json").is_file():
+            wnids = list(shards.read_meta(root)["classes"])
+        elif self.layout == "archives":
+            wnids = sources.devkit_wnids(root)
+        else:
+            wnids = sources.find_classes(root / "train")[0]
+        names = list(wnids)
+        meta = Path(self.hparams.root or root) / "meta.bin"  # the devkit's names, written when archives are extracted
+        if meta.is_file():
+            from torchvision.datasets.imagenet import load_meta_file
+
+            known = load_meta_file(str(meta.parent))[0]
+            names = [", ".join(known[w]) if w in known else w for w in wnids]
+        return wnids, names
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = shards.read_meta(root)
@@ -262,6 +295,7 @@ class ImageNetDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         stats = self.statistics()
         mean = stats.mean_image if self.hparams.mean == "image" else stats.mean_image.mean((1, 2))
+        self.mean = mean
         resize, crop, scale = self.hparams.resize_size, self.hparams.crop_size, self.hparams.value_scale
         lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
         lighting = dict(lighting_formula=self.hparams.lighting_formula, lighting_rescale=self.hparams.lighting_rescale)

@@ -105,6 +105,24 @@ class AlexNetModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["readings"] = self.readings()
+        checkpoint["inference"] = self.inference_record()
+
+    def inference_record(self) -> dict[str, Any]:
+        """What classifying with this network needs besides its weights (alexnet_lightning.use.record reads it): the
+        network's options, the readings, the data's preprocessing and classes (None without an ImageNetDataModule)
+        and the errors measured so far; only tensors, strings, numbers, lists and dicts, which
+        ``torch.load(weights_only=True)`` reads."""
+        options = inspect.signature(AlexNet).parameters
+        network = {k: v for k, v in self.hparams.items() if k in options}
+        network["num_classes"] = self.network.classifier.fc8.out_features
+        trainer = self._trainer
+        datamodule = trainer.datamodule if trainer is not None else None
+        data = datamodule.inference_record() if isinstance(datamodule, ImageNetDataModule) else None
+        measured = {} if trainer is None else {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_error") and v.numel() == 1}
+        return {"format": 1, "network": network, "readings": self.readings(), "data": data, "measured": measured,
+                "epoch": trainer.current_epoch if trainer is not None else None,
+                "global_step": trainer.global_step if trainer is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         recorded, current = checkpoint.get("readings", LEGACY_READINGS), self.readings()

@@ -5,6 +5,10 @@ name (`named_configs`: the presets, the ablations, the strategies, `gpu`) or a f
 
 A preempted or stopped `fit` resumes with `--ckpt_path last`: the newest intact checkpoint in the checkpoint folder,
 `<default_root_dir>/checkpoints` unless the config names another (`last.ckpt` unless it is damaged).
+
+`--config wandb` logs to Weights & Biases (configs/wandb.yaml): offline without an account, and offline with one
+warning when W&B cannot be reached, as the study's cells do; the resolved config is logged with the run.
+Lightning's `predict` is left out: `alexnet-classify CHECKPOINT PATH...` classifies images.
 """
 
 import re
@@ -16,7 +20,8 @@ from typing import Any
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from alexnet_lightning import CONFIGS
@@ -74,7 +79,23 @@ def with_config_files(args: list[str]) -> list[str]:
     return out
 
 
+class SaveConfigToLoggers(SaveConfigCallback):
+    """Lightning's config.yaml in the log folder, and the resolved config in the W&B run's config (as ``cli``)."""
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in wandb_loggers:
+                logger.experiment.config.update({"cli": config}, allow_val_change=True)
+
+
 class AlexNetCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; not predict (``alexnet-classify`` classifies images)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One place for each fact: the data decides the class count, the network its crop size.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -122,6 +143,10 @@ class AlexNetCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> AlexNetCLI:
     """The CLI on `args` (default: the command line's); `--config` values may name packaged configs."""
+    if (sys.argv[1:] if args is None else args)[:1] == ["predict"]:
+        print("alexnet-lightning: error: there is no predict subcommand: `alexnet-classify CHECKPOINT PATH...` "
+              "classifies images from a checkpoint", file=sys.stderr)
+        raise SystemExit(2)
     try:
         if args is None:  # the command line, rewritten in place: Lightning warns of `args` beside a command line
             sys.argv[1:] = with_config_files(sys.argv[1:])
@@ -144,7 +169,7 @@ def cli_kwargs(run: bool, **parser_kwargs: Any) -> dict[str, Any]:
     return {
         "model_class": AlexNetModule, "datamodule_class": ImageNetDataModule, "auto_configure_optimizers": False,
         "parser_kwargs": {"description": DESCRIPTION.format(names=", ".join(named_configs())), **per_parser},
-        "save_config_kwargs": {"overwrite": True},
+        "save_config_callback": SaveConfigToLoggers, "save_config_kwargs": {"overwrite": True},
         "trainer_defaults": {"callbacks": [*training_callbacks(), Diagnostics()]},
     }
 

@@ -21,7 +21,8 @@ def wandb_offline() -> bool:
 class FallbackWandbLogger(WandbLogger):
     """A WandbLogger that goes on offline, with one warning, when W&B cannot be reached online (no network, a bad
     key, a server that does not answer) within `init_timeout` seconds, under the same run id and resume settings.
-    Takes WandbLogger's arguments.
+    Takes WandbLogger's arguments; ``offline=None`` (the default) decides as ``wandb_offline`` does, so a config file
+    (``--config wandb``) gets the runner's choice.
 
     After a fallback, the later loggers of the process (the cells of an ablation study) go offline at once, without
     another wait or warning.
@@ -29,8 +30,13 @@ class FallbackWandbLogger(WandbLogger):
 
     unreachable = False  # W&B could not be reached earlier in this process
 
-    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, init_timeout: float = 30.0, offline: bool | None = None, **kwargs: Any) -> None:
+        offline = wandb_offline() if offline is None else offline
+        if offline and kwargs.get("log_model"):  # WandbLogger refuses the pair: a run without an account goes on
+            warnings.warn("W&B is offline: checkpoints are not logged as model artifacts (log_model needs an online "
+                          "run)", stacklevel=2)
+            kwargs["log_model"] = False
+        super().__init__(*args, offline=offline, **kwargs)
         # WandbLogger passes `anonymous=None` unless it is set, and wandb warns that the setting has no effect
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
