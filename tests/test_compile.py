@@ -24,10 +24,11 @@ class CountingBackend:
     """A torch.compile backend that counts the frames dynamo compiles and runs their graphs eagerly."""
 
     def __init__(self) -> None:
-        self.frames = 0
+        self.frames, self.symbolic = 0, 0
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
         self.frames += 1
+        self.symbolic += any(not isinstance(x, torch.Tensor) for x in example_inputs)  # a dynamic graph's sizes
         return graph.forward
 
 
@@ -77,6 +78,28 @@ def test_compiling_keeps_the_networks_names_and_attribute(paper_optimisation, co
     assert compiled.state_dict().keys() == module(False, paper_optimisation).state_dict().keys()
     compiled(torch.randn(2, 3, 67, 67))
     assert counting.frames >= 1  # the forward did go through the compiler
+
+
+def test_each_batch_shape_gets_a_static_graph_of_its_own(paper_optimisation, counting):
+    """A second batch size would otherwise make dynamo recompile the network for dynamic shapes, which then runs
+    every later step; the few shapes of validation and ten-crop testing each get one static graph instead."""
+    compiled = module(True, paper_optimisation)
+    compiled.configure_model()
+    with torch.no_grad():
+        for size in (4, 3, 4, 3):
+            compiled(torch.randn(size, 3, 67, 67))
+    assert (counting.frames, counting.symbolic) == (2, 0)
+
+
+def test_training_drops_its_last_partial_batch_and_evaluation_keeps_it(tiny_imagefolder):
+    from alexnet_lightning.data.datamodule import ImageNetDataModule
+
+    data = ImageNetDataModule(16, root=str(tiny_imagefolder), num_workers=0, statistics_images=16, resize_size=72,
+                              crop_size=67)
+    data.setup("fit")
+    assert len(data.train_set) == 60 and len(data.train_dataloader()) == 3  # 60 = 3 x 16 + 12
+    assert {len(y) for _, y, _ in data.train_dataloader()} == {16}
+    assert len(data.val_set) == 30 and len(data.val_dataloader()) == 2
 
 
 @pytest.mark.slow
