@@ -36,6 +36,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script from a clone, not installed: the package beside this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import lightning as L
 import numpy as np
 import torch
