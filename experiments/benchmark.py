@@ -238,11 +238,13 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
     """Images per second delivered augmented on ``device`` by the DataModule's training loader, over its second
     epoch (the first starts the loader's persistent workers and fills the page cache)."""
     setups = [(f"JPEG shards, decoded in {workers} CPU loader workers", jpeg, "workers")]
-    if device.type == "cuda":
+    if device.type == "cuda":  # the stream guard's cost (shards.guarded_decode): with it, as training runs, and not
         setups.append(("JPEG shards, decoded on the GPU (nvjpeg)", jpeg, "device"))
+        setups.append(("JPEG shards, decoded on the GPU, unguarded (unsafe)", jpeg, "device"))
     setups.append((f"raw shards, {workers} loader workers", raw, "workers"))
     results = {}
     for name, folder, decode in setups:
+        shards.guard_device_decode = "unguarded" not in name
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES,
                                 decode=decode)
         dm.setup("fit")
@@ -254,6 +256,7 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
         synchronize(device)
         rate = seen / (time.perf_counter() - start)
         results[name] = {"images_per_s": rate, "paper_90_epochs_h": hours(rate)}
+    shards.guard_device_decode = True
     return results
 
 
