@@ -117,7 +117,7 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(tiny_imagefolder, tin
     fit.trainer.fit_loop.max_epochs = 3
     fit.trainer.fit(fit.model, fit.datamodule)
     assert [line.split(" (")[0] for line in capfd.readouterr().err.splitlines() if " step " in line] == [
-        f"epoch 3 step {k}/3" for k in range(1, 4)]  # 60 images, 3 full batches of 16
+        f"epoch 3 step {k}/4" for k in range(1, 5)]
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])

@@ -212,7 +212,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_
     overlay = tmp_path / "long.yaml"  # long enough that the signal comes mid-run
     overlay.write_text(yaml.safe_dump({
         "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False},
-        "data": {"batch_size": 16, "num_workers": 0, "statistics_images": 32},
+        "data": {"batch_size": 15, "num_workers": 0, "statistics_images": 32},
     }))
     study = ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(overlay),
              "--results", str(tmp_path / "results"), "--study", "s"]
@@ -325,7 +325,7 @@ def sigterm_caught():
 @pytest.mark.parametrize("phase", ["training", "validation", "test", "last test batch", "between cells"])
 def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothing(phase, study, tmp_path, monkeypatch,
                                                                                    sigterm_caught):
-    # 60 training images in batches of 16 (4 batches), 30 validation and test images (2 batches), one epoch.
+    # 60 training images in batches of 15 (4 batches), 30 validation and test images (2 batches), one epoch.
     stage, batch = {"training": ("train", 1), "validation": ("validate", 0), "test": ("test", 0),
                     "last test batch": ("test", 1), "between cells": (None, None)}[phase]
     cell = tmp_path / "results" / "tiny" / "runs" / "baseline" / "seed0"

@@ -58,32 +58,32 @@ def step_losses(root: Path) -> dict[int, str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_imagefolder, tiny_overlay, tmp_path):
     common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder)]
-    # 60 training images in batches of 16: 3 steps per epoch (12 dropped). Killed in step 5, the second of epoch 1.
+    # 60 training images in batches of 16: 4 steps per epoch. Killed in step 6, the second of epoch 1.
     killed_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "alexnet_lightning.training.cli", "fit", *common, "--config",
-           str(overlay(tmp_path / "kill.yaml", kill_at=5)), "--trainer.default_root_dir", str(killed_dir)]
+           str(overlay(tmp_path / "kill.yaml", kill_at=6)), "--trainer.default_root_dir", str(killed_dir)]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
     last = killed_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)
-    assert saved["global_step"] == 4 and saved["epoch"] == 1  # mid-epoch: one batch of epoch 1 done
+    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch: one batch of epoch 1 done
 
     resumed = main(["fit", *common, "--config", str(overlay(tmp_path / "resume.yaml")),
                     "--trainer.default_root_dir", str(killed_dir), "--ckpt_path", str(last)])
     whole = main(["fit", *common, "--config", str(overlay(tmp_path / "whole.yaml")),
                   "--trainer.default_root_dir", str(tmp_path / "whole")])
-    assert resumed.trainer.global_step == whole.trainer.global_step == 6
+    assert resumed.trainer.global_step == whole.trainer.global_step == 8
     for name, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
     for key in ("val/top1_error", "val/top5_error", "train/top1_error", "val/loss"):
         assert torch.equal(resumed.trainer.callback_metrics[key], whole.trainer.callback_metrics[key]), key
     # Every step's loss, before and after the kill, is the uninterrupted run's.
     assert step_losses(killed_dir) == step_losses(tmp_path / "whole")
-    assert len(step_losses(killed_dir)) == 6
+    assert len(step_losses(killed_dir)) == 8
     # Resumed from the checkpoint written at the end of epoch 0's last batch: epoch 1 is trained whole.
     boundary = main(["fit", *common, "--config", str(overlay(tmp_path / "boundary.yaml")),
                      "--trainer.default_root_dir", str(tmp_path / "boundary"),
-                     "--ckpt_path", str(tmp_path / "whole" / "checkpoints" / "epoch=0-step=3.ckpt")])
-    assert boundary.trainer.global_step == 6
+                     "--ckpt_path", str(tmp_path / "whole" / "checkpoints" / "epoch=0-step=4.ckpt")])
+    assert boundary.trainer.global_step == 8
     for name, value in whole.model.state_dict().items():
         assert torch.equal(boundary.model.state_dict()[name], value), name
