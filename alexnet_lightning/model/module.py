@@ -174,7 +174,10 @@ class AlexNetModule(L.LightningModule):
         getattr(self, f"{stage}_metrics").update(scores.detach(), y)
         if stage == "test":
             self._test_rows.append(outcomes.per_image(scores.detach(), y))
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
+        # Not on the progress bar in training: Lightning reads the bar's values on the host after every batch, a wait
+        # for the GPU each step. The epoch's mean is in the progress lines (LogLines) all the same.
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train",
+                 batch_size=len(y))
         return loss
 
     def on_train_epoch_end(self) -> None:
