@@ -21,6 +21,7 @@ import torch
 import wandb
 import yaml
 from lightning.pytorch import Callback
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from PIL import Image
 
 from alexnet_lightning import CONFIGS, files
@@ -71,7 +72,8 @@ def stop_at_cli(seen: dict):
 def test_every_cli_trainer_checkpoints_atomically_mid_epoch_with_the_random_state(strategy, tmp_path):
     cli = main([*QUICK, *strategy, "--trainer.default_root_dir", str(tmp_path)], run=False)
     trainer = cli.trainer
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    io = trainer.strategy.checkpoint_io  # written in a thread, so that training goes on meanwhile, atomically
+    assert isinstance(io, AsyncCheckpointIO) and isinstance(io.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(trainer.strategy, TowerParallelStrategy) == bool(strategy)
     for kind in (RandomState, StopOnNonFiniteLoss, CheckpointOnSigterm):
         assert sum(isinstance(c, kind) for c in trainer.callbacks) == 1, kind
