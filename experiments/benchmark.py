@@ -1,8 +1,9 @@
 """Throughput of the training input and of the training step on this machine (the CPU, or one GPU), in one run:
 a table, and JSON with --json.
 
-    python experiments/benchmark.py [--images N] [--batch 128] [--workers W] [--parts one-core loader step fit]
-                                    [--steps fp32 fp32+no-lrn ...] [--json results.json]
+    python experiments/benchmark.py [--quick] [--images N] [--batch 128] [--workers W]
+                                    [--parts one-core loader step fit] [--steps fp32 fp32+no-lrn ...]
+                                    [--json results.json]
 
 0. Unless only the step is asked for: generates an ImageNet-shaped set in a temporary folder (--images photo-like
    JPEG files of 300-500 x 250-450 pixels, about ILSVRC-2012's 400x350 on average, about 110 KB each, in --classes class
@@ -35,6 +36,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script from a clone, not installed: the package beside this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L
 import numpy as np
@@ -71,6 +75,10 @@ STEPS: dict[str, dict[str, Any]] = {
     "bf16+channels-last+compile+cuda-graphs": {"bf16": True, "channels_last": True, "compile": "reduce-overhead"},
 }
 PARTS = ("one-core", "loader", "step", "fit")
+QUICK = {"images": 3000, "warmup": 5, "iters": 15, "fit_epochs": 1, "fit_skip": 10}  # --quick's defaults
+QUICK_STEPS = {"cpu": ["fp32", "fp32+channels-last"],
+               "cuda": ["fp32", "bf16+channels-last", "bf16+channels-last+compile",
+                        "bf16+channels-last+compile+cuda-graphs"]}
 DEFAULT_STEPS = {
     "cpu": ["fp32", "fp32+no-lrn", "fp32+torch-lrn", "fp32+channels-last", "bf16", "fp32+compile"],
     "cuda": ["fp32", "fp32+no-lrn", "bf16", "bf16+channels-last", "bf16+channels-last+compile",
@@ -235,11 +243,13 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
     """Images per second delivered augmented on ``device`` by the DataModule's training loader, over its second
     epoch (the first starts the loader's persistent workers and fills the page cache)."""
     setups = [(f"JPEG shards, decoded in {workers} CPU loader workers", jpeg, "workers")]
-    if device.type == "cuda":
+    if device.type == "cuda":  # the stream guard's cost (shards.guarded_decode): with it, as training runs, and not
         setups.append(("JPEG shards, decoded on the GPU (nvjpeg)", jpeg, "device"))
+        setups.append(("JPEG shards, decoded on the GPU, unguarded (unsafe)", jpeg, "device"))
     setups.append((f"raw shards, {workers} loader workers", raw, "workers"))
     results = {}
     for name, folder, decode in setups:
+        shards.guard_device_decode = "unguarded" not in name
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES,
                                 decode=decode)
         dm.setup("fit")
@@ -251,6 +261,7 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
         synchronize(device)
         rate = seen / (time.perf_counter() - start)
         results[name] = {"images_per_s": rate, "paper_90_epochs_h": hours(rate)}
+    shards.guard_device_decode = True
     return results
 
 
@@ -440,9 +451,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fit-skip", type=int, help="untimed first steps of the fit (default: 30 on a GPU, else 2)")
     parser.add_argument("--glibc-default", action="store_true", help="leave glibc's return of freed memory on "
                         "(training keeps it off: memory.keep_freed_memory)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, sized to finish with the self-check "
+                        "within a lent GPU's 10-minute command: 3000 images in 100 classes, 4 step configurations, "
+                        "5 + 15 steps each, one epoch of fit (given options still win)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # step NAME | fit FOLDER: one measurement
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        args.classes, args.core_images = min(args.classes, 100), min(args.core_images, 256)
     kept = not args.glibc_default and keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -482,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print_rates(f"loader: training batches augmented on the {device.type}, batch {args.batch}",
                         report["loader"])
         if "step" in args.parts:
-            names = args.steps or DEFAULT_STEPS[device.type]
+            names = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)[device.type]
             report["step"] = {name: in_own_process("--child", "step", name, *common) for name in names}
             print_rates(f"training step of the paper network (forward, backward, SGD), batch {args.batch}, "
                         f"{args.size}x{args.size}, each alone in its own process, median of {iters} steps",

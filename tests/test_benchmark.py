@@ -11,12 +11,17 @@ import pytest
 from tests.conftest import REPO
 
 BLOCKER = "import sys\nsys.modules['jsonargparse'] = sys.modules['wandb'] = None  # importing them fails\n"
+# Also scipy.io, and the package's editable install: as on a machine with only torch, torchvision and lightning, and
+# a clone of this repository. (All of scipy cannot be blocked here: torchmetrics imports it when it is installed.)
+BARE = (BLOCKER + "sys.modules['scipy.io'] = None\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'alexnet_lightning' not in repr(f)]\n")
 
 
-def without_jsonargparse_and_wandb(tmp_path) -> dict[str, str]:
-    """An environment whose Python processes (and theirs) cannot import jsonargparse or wandb."""
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+def without_jsonargparse_and_wandb(tmp_path, bare: bool = False) -> dict[str, str]:
+    """An environment whose Python processes (and theirs) cannot import jsonargparse or wandb; ``bare``: nor scipy,
+    nor the package unless from the working directory or a script's own path."""
+    (tmp_path / "sitecustomize.py").write_text(BARE if bare else BLOCKER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path)] + ([] if bare else [str(REPO)]))}
 
 
 def test_the_benchmark_imports_without_jsonargparse_and_wandb(tmp_path):
@@ -54,3 +59,18 @@ def test_the_benchmark_runs_end_to_end_at_tiny_sizes(tmp_path):
     for row in (*report["loader"].values(), *report["step"].values(), report["fit"]):
         assert row["paper_90_epochs_h"] == pytest.approx(90 * 1_281_167 / row["images_per_s"] / 3600)
     assert "training step of the paper network" in run.stdout and "fit (Lightning" in run.stdout
+
+
+def test_the_benchmarks_step_runs_from_a_clone_with_only_torch_torchvision_and_lightning(tmp_path):
+    env = without_jsonargparse_and_wandb(tmp_path, bare=True)
+    for module in ("scipy.io", "alexnet_lightning"):
+        blocked = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True)
+        assert blocked.returncode != 0, module  # the environment does block them
+    run = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "benchmark.py"), "--parts", "step", "--steps", "fp32",
+         "--batch", "2", "--size", "67", "--warmup", "0", "--iters", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "failed" not in run.stdout and "training step of the paper network" in run.stdout

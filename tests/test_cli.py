@@ -58,6 +58,7 @@ def test_the_gpu_config_adds_the_speed_options_to_the_paper_run(tmp_path, monkey
     cli = main([*QUICK[:2], "--config", "gpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert cli.trainer.precision == "bf16-mixed" and torch.backends.cudnn.benchmark
     assert cli.model.hparams.channels_last and cli.model.hparams.compile
+    assert not cli.trainer.validate_loop.inference_mode  # pytorch/pytorch#135892
     assert cli.model.hparams.lr == 0.01 and cli.trainer.max_epochs == 90  # the paper's run otherwise
 
 

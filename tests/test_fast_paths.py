@@ -199,4 +199,4 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
     small_module(compile=True, compile_mode="reduce-overhead").configure_model()
-    assert calls == [{"mode": "reduce-overhead"}]
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]

@@ -50,7 +50,7 @@ COMMANDS = {"alexnet-lightning": "paper-faithful AlexNet", "alexnet-ablate": "ab
             "alexnet-plan": "How many seeds does an ablation study need",
             "alexnet-compare": "ablation table",
             "alexnet-classify": "checkpoint or export alone", "alexnet-export": "safetensors",
-            "alexnet-figures": "Figures 3 and 4"}
+            "alexnet-figures": "Figures 3 and 4", "alexnet-check": "self-check"}
 
 
 @pytest.mark.parametrize("name", CONSOLE_SCRIPTS)

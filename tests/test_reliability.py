@@ -21,6 +21,7 @@ import torch
 import wandb
 import yaml
 from lightning.pytorch import Callback
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from PIL import Image
 
 from alexnet_lightning import CONFIGS, files
@@ -71,7 +72,8 @@ def stop_at_cli(seen: dict):
 def test_every_cli_trainer_checkpoints_atomically_mid_epoch_with_the_random_state(strategy, tmp_path):
     cli = main([*QUICK, *strategy, "--trainer.default_root_dir", str(tmp_path)], run=False)
     trainer = cli.trainer
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    io = trainer.strategy.checkpoint_io  # written in a thread, so that training goes on meanwhile, atomically
+    assert isinstance(io, AsyncCheckpointIO) and isinstance(io.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(trainer.strategy, TowerParallelStrategy) == bool(strategy)
     for kind in (RandomState, StopOnNonFiniteLoss, CheckpointOnSigterm):
         assert sum(isinstance(c, kind) for c in trainer.callbacks) == 1, kind
@@ -212,7 +214,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_
     overlay = tmp_path / "long.yaml"  # long enough that the signal comes mid-run
     overlay.write_text(yaml.safe_dump({
         "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False},
-        "data": {"batch_size": 16, "num_workers": 0, "statistics_images": 32},
+        "data": {"batch_size": 15, "num_workers": 0, "statistics_images": 32},
     }))
     study = ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(overlay),
              "--results", str(tmp_path / "results"), "--study", "s"]
@@ -325,7 +327,7 @@ def sigterm_caught():
 @pytest.mark.parametrize("phase", ["training", "validation", "test", "last test batch", "between cells"])
 def test_sigterm_in_any_phase_ends_the_study_with_143_and_the_rerun_loses_nothing(phase, study, tmp_path, monkeypatch,
                                                                                    sigterm_caught):
-    # 60 training images in batches of 16 (4 batches), 30 validation and test images (2 batches), one epoch.
+    # 60 training images in batches of 15 (4 batches), 30 validation and test images (2 batches), one epoch.
     stage, batch = {"training": ("train", 1), "validation": ("validate", 0), "test": ("test", 0),
                     "last test batch": ("test", 1), "between cells": (None, None)}[phase]
     cell = tmp_path / "results" / "tiny" / "runs" / "baseline" / "seed0"

@@ -39,7 +39,7 @@ def overlay(path: Path, kill_at: int | None = None) -> Path:
         "seed_everything": 3,
         "trainer": {"max_epochs": 2, "deterministic": True, "log_every_n_steps": 1, "callbacks": callbacks,
                     "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0},
-        "data": {"batch_size": 16, "num_workers": 2, "statistics_images": 32},
+        "data": {"batch_size": 15, "num_workers": 2, "statistics_images": 32},  # 4 full batches of the 60
         "model": {"dropout": 0.5},  # dropout draws from the global random stream, which must resume too
     }))
     return path

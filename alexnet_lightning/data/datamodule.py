@@ -68,9 +68,11 @@ class ImageNetDataModule(L.LightningDataModule):
     """ImageNet, an ImageFolder or the built-in stand-in, through the paper's pipeline (``transforms.py``).
 
     Batches are ``(images [B, 3, S, S] float32, labels [B] int64)`` for training and validation and
-    ``(crops [B, 10, 3, S, S], labels [B])`` for testing, S = ``crop_size``. Unreadable files are
-    skipped with a warning and counted in the logged metrics ``data/skipped_files/<stage>``; a batch may
-    therefore hold fewer than ``batch_size`` samples, or none.
+    ``(crops [B, 10, 3, S, S], labels [B])`` for testing, S = ``crop_size``; the images reach the model in the
+    trainer's precision (bf16-true, 64-true). Training drops the epoch's last partial batch (``_loader``: one shape
+    for the compiled step; 15 of ILSVRC-2012's images per epoch). Unreadable files are skipped with a warning and
+    counted in the logged metrics ``data/skipped_files/<stage>``; a batch may therefore hold fewer than
+    ``batch_size`` samples, or none.
 
     Args:
         batch_size: Images per batch (the paper: 128).
@@ -228,12 +230,18 @@ class ImageNetDataModule(L.LightningDataModule):
         return sources.open_split(self.data_root(), self.layout or "folders", split, transform)
 
     def _loader(self, dataset: Dataset, shuffle: bool, image_shape: tuple[int, ...]) -> DataLoader:
+        trainer = self.trainer
+        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer else None
+        # Training drops its last partial batch (a deviation: 1,281,167 = 10,009 x 128 + 15, so 15 of the images,
+        # a different 15 each epoch, miss an epoch), so every step has one shape: a compiled network would otherwise
+        # recompile for it, and cuDNN time its algorithms again. A set smaller than a batch keeps its one batch.
+        whole = shuffle and len(dataset) >= self.hparams.batch_size * (replicas or {}).get("num_replicas", 1)
         options = dict(
             batch_size=self.hparams.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=False,
+            drop_last=whole,
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
             # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
             generator=torch.Generator(),
@@ -243,8 +251,6 @@ class ImageNetDataModule(L.LightningDataModule):
         )
         if not shuffle:
             return DataLoader(dataset, **options)
-        trainer = self.trainer
-        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer else None
         sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                    **(replicas or {}))
 
@@ -352,7 +358,9 @@ class ImageNetDataModule(L.LightningDataModule):
             return images, labels
         images, labels, self.skipped_files, seed = batch
         stage = "train" if self.trainer.training else "test" if self.trainer.testing else "val"
-        return self.augment(images, stage, int(seed)), labels
+        # Lightning converted the batch to the precision plugin's type before the transfer (convert_input), when it
+        # was still uint8: the augmentation's float32 output is converted here (a no-op under 32 and *-mixed).
+        return self.trainer.precision_plugin.convert_input(self.augment(images, stage, int(seed))), labels
 
     def augment(self, images: Tensor, stage: Literal["train", "val", "test"], seed: int = -1) -> Tensor:
         """A prepared uint8 batch through the stage's pipeline (after ``setup``)."""

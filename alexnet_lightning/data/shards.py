@@ -26,9 +26,10 @@ on the device the batch is on, with the reference transforms' values.
 
 import json
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -150,7 +151,38 @@ class Encoded(NamedTuple):
         (libjpeg-turbo) on the CPU. The bytes stay on the host, where ``decode_jpeg`` reads them."""
         bounds = self.offsets.tolist()
         files = [self.data[start:end] for start, end in zip(bounds, bounds[1:])]
+        if torch.device(device).type == "cuda" and guard_device_decode:
+            return torch.stack(guarded_decode(files, torch.device(device)))
         return torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB, device=device))
+
+
+guard_device_decode = True  # False only to measure the guard's cost (experiments/benchmark.py)
+_decode_streams: dict[tuple[Any, torch.device], Any] = {}  # one side stream per device: one memory pool
+
+
+def guarded_decode(files: list[Tensor], device: torch.device, decode: Callable = decode_jpeg,
+                   cuda: Any = torch.cuda) -> list[Tensor]:
+    """torchvision's batched nvjpeg decode, made to respect the caller's stream.
+
+    The decode writes its outputs from nvjpeg's own stream without waiting for the caller's stream, so the caching
+    allocator may hand it memory that kernels still queued on the caller's stream read (the previous step's): wrong
+    values or NaNs in code that never touched the decoder (pytorch/vision PR #9606, closed unmerged; torchcodec fixed
+    the same defect by waiting for the stream before the hardware decode, meta-pytorch/torchcodec PR #1634). Here the
+    decode runs on a side stream, with memory from that stream's own pool, after everything queued on the caller's
+    stream; the caller's stream then waits for the decode, and the outputs are recorded on it, so that their memory
+    is not reused before its kernels have read them. No host synchronisation. ``decode`` and ``cuda`` are
+    replaceable for tests."""
+    caller = cuda.current_stream(device)
+    if (cuda, device) not in _decode_streams:
+        _decode_streams[cuda, device] = cuda.Stream(device)
+    side = _decode_streams[cuda, device]
+    side.wait_stream(caller)
+    with cuda.stream(side):
+        images = decode(files, mode=ImageReadMode.RGB, device=device)
+    caller.wait_stream(side)
+    for image in images:
+        image.record_stream(caller)
+    return images
 
 
 class PreparedSplit(Dataset):

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -34,6 +35,12 @@ def readings(model: Mapping[str, Any], data: Mapping[str, Any] | None) -> dict[s
     return record
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in float32 if they came in a narrower type (bf16 under bf16-mixed or -true), for the loss and the error
+    rates: bf16's spacing (0.125 at 20) would make ties at the top-5 boundary. float64 stays float64 (64-true)."""
+    return logits.float() if torch.finfo(logits.dtype).bits < 32 else logits
+
+
 class AlexNetModule(L.LightningModule):
     """AlexNet trained by SGD on softmax cross-entropy, reporting top-1 and top-5 error.
 
@@ -52,7 +59,10 @@ class AlexNetModule(L.LightningModule):
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
             channels-last memory order, which is faster for convolutions on many GPUs and CPUs.
         compile: speed option (deviation, same results): torch.compile the network, LRN fused with the layers
-            around it (``network.lrn_by_ops``); needs a C++ compiler (CPU) or Triton (GPU) at the first step.
+            around it (``network.lrn_by_ops``); needs a C++ compiler (CPU) or Triton (GPU) at the first step. The
+            network is compiled in place (``nn.Module.compile``), so its parameters keep their names: a checkpoint
+            does not depend on the option. Each input shape gets a static graph (``dynamic=False``): training drops
+            its last partial batch (data.datamodule), and validation's and testing's few shapes compile once each.
         compile_mode: torch.compile's mode: "reduce-overhead" also replays the GPU's kernels as CUDA graphs,
             "max-autotune" times kernel choices at the first step (both untested for speed; README, Speed options).
         network: the arguments of alexnet_lightning.model.network.AlexNet (lrn, towers, dropout, ...).
@@ -91,9 +101,10 @@ class AlexNetModule(L.LightningModule):
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
         for stage in ("train", "val", "test"):
-            metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+            # validate_args=False: the checks run torch.unique on every update, a wait for the GPU each step.
+            metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
             if num_classes >= 5:
-                metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+                metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
             setattr(self, f"{stage}_metrics", MetricCollection(metrics))
         self.train_metrics.persistent(True)  # a checkpoint written mid-epoch holds the epoch's counts so far
         self.test_outcomes: torch.Tensor | None = None  # the last test's per-image rows (outcomes.per_image)
@@ -136,15 +147,23 @@ class AlexNetModule(L.LightningModule):
                 + ", ".join(f"{k}={current[k]!r}" for k in differ)
                 + f" (docs/paper.md#cuda-convnet2). To use it, pass {options}; or train afresh."
             )
+        state = checkpoint["state_dict"]  # written while compile replaced the network by its compiled wrapper
+        checkpoint["state_dict"] = {key.replace("._orig_mod.", ".", 1): value for key, value in state.items()}
         for name, value in self.state_dict().items():  # checkpoints from before the counts were kept
             if name.startswith("train_metrics."):
                 checkpoint["state_dict"].setdefault(name, value)
 
     def configure_model(self) -> None:
+        self.apply_speed_options(self.network)
+
+    def apply_speed_options(self, network: nn.Module) -> None:
+        """channels_last and compile on ``network`` in place (this module's network, or a strategy's split of it):
+        its parameters keep their names and the module keeps its attribute, so checkpoints are the same with or
+        without the options. Compilation is lazy: it happens at the first forward."""
         if self.hparams.channels_last:
-            self.network.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not hasattr(self.network, "_orig_mod"):  # the hook may run more than once
-            self.network = torch.compile(self.network, mode=self.hparams.compile_mode)
+            network.to(memory_format=torch.channels_last)
+        if self.hparams.compile and network._compiled_call_impl is None:  # the hook may run more than once
+            network.compile(mode=self.hparams.compile_mode, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -166,15 +185,18 @@ class AlexNetModule(L.LightningModule):
             return None
         if x.dim() == 5:  # ten-crop testing: average the softmax over the crops (Section 4.1)
             batch_size, crops = x.shape[:2]
-            probs = self(x.flatten(0, 1)).softmax(-1).view(batch_size, crops, -1).mean(1)
+            probs = at_least_float32(self(x.flatten(0, 1))).softmax(-1).view(batch_size, crops, -1).mean(1)
             scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), y)
         else:
-            scores = self(x)
+            scores = at_least_float32(self(x))
             loss = F.cross_entropy(scores, y)
         getattr(self, f"{stage}_metrics").update(scores.detach(), y)
         if stage == "test":
             self._test_rows.append(outcomes.per_image(scores.detach(), y))
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
+        # Not on the progress bar in training: Lightning reads the bar's values on the host after every batch, a wait
+        # for the GPU each step. The epoch's mean is in the progress lines (LogLines) all the same.
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train",
+                 batch_size=len(y))
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -59,7 +59,7 @@ class _GatherTowers(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         own = dist.get_rank(ctx.group)
-        pieces = torch.stack(grad.chunk(TOWERS, 1))
+        pieces = torch.stack(grad.chunk(TOWERS, 1)).contiguous()  # channels_last maps give a strided stack
         if ctx.whole:  # both towers computed this same gradient: each keeps its own share
             return pieces[own], None, None
         # Each tower's half of the layer read both towers' maps, so a tower's gradient is the sum of both halves'
@@ -76,6 +76,7 @@ class GatherTowers(nn.Module):
         super().__init__()
         self.group, self.whole = group, whole
 
+    @torch.compiler.disable  # a compiled tower runs in graphs between the exchanges, which stay eager collectives
     def forward(self, x: Tensor) -> Tensor:
         return _GatherTowers.apply(x, self.group, self.whole)
 
@@ -214,8 +215,14 @@ class TowerParallelStrategy(DDPStrategy):
         module = self.lightning_module
         network = module.network.to(self.root_device)
         for tensor in network.state_dict().values():  # both towers split one model, and hold the same fc8
-            dist.broadcast(tensor, src=0)
-        module.network = TowerAlexNet(network, self.mesh.get_group("tower"))
+            sent = tensor.contiguous()  # channels_last weights are not, and collectives need contiguous tensors
+            dist.broadcast(sent, src=0)
+            tensor.copy_(sent)
+        tower = TowerAlexNet(network, self.mesh.get_group("tower"))
+        speed_options = getattr(module, "apply_speed_options", None)
+        if speed_options is not None:  # channels_last and compile, as the grouped net got them in configure_model
+            speed_options(tower)
+        module.network = tower
         self._grouped = network.to("meta")  # its structure, to merge into after the stage
 
     def teardown(self) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -82,6 +83,9 @@ def train_cell(args: argparse.Namespace, cell_dir: Path, identity: dict[str, Any
     """Trains the cell from its cell.yaml (resumed from `last`), validates and tests it, and writes its result. The
     further processes of a multi-process strategy (`follow`) train and test, and write nothing (`identity` unused)."""
     first = rank_zero_only.rank == 0
+    # The cells share one process: without a reset, dynamo's cache fills with earlier cells' graphs (and their CUDA
+    # graphs' memory) until its recompile limit, after which later cells run eager, silently.
+    torch.compiler.reset()
     configs = [*variant_configs(args, variant), cell_dir / "cell.yaml"]
     cli = alexnet_cli.main([a for p in configs for a in ("--config", str(p))], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule

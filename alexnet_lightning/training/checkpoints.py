@@ -38,7 +38,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RandomState(L.Callback):
     """Keeps the global random generators' states (torch, CUDA, numpy, python) in every checkpoint and restores them
-    on resume, so that dropout goes on with the stream it would have drawn without the interruption."""
+    on resume, so that dropout goes on with the stream it would have drawn without the interruption. A CUDA state
+    is restored to the device of its number where that device exists."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         name, keys, *rest = np.random.get_state()
@@ -59,7 +60,9 @@ class RandomState(L.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+            # Written where more (or fewer) GPUs were visible: the states of the devices that exist, in order.
+            for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, device)
 
 
 def checkpoint_problem(path: Path) -> str | None:

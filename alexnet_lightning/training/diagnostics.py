@@ -52,13 +52,12 @@ def lrn_factors(network: torch.nn.Module, x: Tensor) -> dict[str, float]:
     """{conv layer: mean d^beta} for each LRN layer of an AlexNet (or one tower of it), on the batch x.
 
     Runs the feature layers up to the last LRN without gradients; features have no dropout, so train and eval
-    mode agree. A compiled network is measured through its original module."""
-    network = getattr(network, "_orig_mod", network)
+    mode agree, in the network's own precision (bf16-true, 64-true); a compiled network runs its layers eagerly here."""
     layers = list(network.features.named_children())
     last = max((i for i, (_, layer) in enumerate(layers) if isinstance(layer, LocalResponseNorm)), default=-1)
     factors = {}
     with torch.no_grad():
-        x = x.float()
+        x = x.to(next(network.parameters()).dtype)
         for name, layer in layers[: last + 1]:
             if isinstance(layer, LocalResponseNorm):
                 factors[name.removesuffix("_lrn")] = lrn_factor(layer, x)
@@ -124,7 +123,7 @@ class Diagnostics(L.Callback):
         if "pca_lighting" in hparams and hasattr(datamodule, "statistics"):
             std = hparams["lighting_std"] if hparams["pca_lighting"] else None
             self.noise_ratio = pca_noise_ratio(datamodule.statistics().eigval, std, hparams["lighting_formula"])
-        layers = [m for m in getattr(module.network, "_orig_mod", module.network).modules()
+        layers = [m for m in module.network.modules()
                   if isinstance(m, LocalResponseNorm)]
         self.k_beta = layers[0].k ** layers[0].beta if layers else None
 
@@ -150,8 +149,8 @@ class Diagnostics(L.Callback):
 
     def _average(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Each phase's factors averaged over the processes that measured them."""
-        names = [name.removesuffix("_lrn") for name, m in getattr(module.network, "_orig_mod", module.network)
-                 .features.named_children() if isinstance(m, LocalResponseNorm)]
+        names = [name.removesuffix("_lrn") for name, m in module.network.features.named_children()
+                 if isinstance(m, LocalResponseNorm)]
         if not names:
             return
         local = torch.tensor([[self._measured[phase].get(name, math.nan) for name in names]

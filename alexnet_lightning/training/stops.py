@@ -17,11 +17,61 @@ from alexnet_lightning.training.checkpoints import RandomState, last_checkpoint
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stops at the first non-finite training loss, before its gradient reaches the weights, naming the step and
-    the checkpoint to resume from."""
+    """Stops at the first non-finite training loss, naming its step and the checkpoint to resume from, without a
+    wait for the GPU each step.
+
+    Reading the loss on the host every step (``bool(...)``) would make the CPU wait for each step's kernels. Instead
+    the check stays on the device: a step whose loss is non-finite (on any process) has its gradients zeroed before
+    the optimiser steps (``masked_fill_``), so its NaN or inf never reaches the weights or the momentum, and its step
+    and loss are kept in device tensors. The host reads them every ``check_every_n_steps`` steps, before every
+    checkpoint (a checkpoint is never written after a non-finite loss) and at the end of training, and then raises.
+    Between the bad step and the read, at most ``check_every_n_steps`` steps run: steps with a non-finite loss move
+    the weights only by their momentum and weight decay (SGD with a zero gradient), steps with a finite loss train
+    as usual; the run stops all the same, and the error names the first bad step. Under a multi-process strategy
+    the flag is summed over the processes on the device (an all-reduce, no host wait), as the gradients are.
+    """
+
+    def __init__(self, check_every_n_steps: int = 100) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._finite: torch.Tensor | None = None  # this optimiser step's losses so far were all finite
+        self._first_bad: torch.Tensor | None = None  # [global step, loss] of the first non-finite loss, step -1: none
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._finite, self._first_bad = None, torch.tensor([-1.0, 0.0], dtype=torch.float64, device=module.device)
 
     def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
-        if trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss).all()), all=True):
+        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32)
+        bad = trainer.strategy.reduce(bad, reduce_op="sum") > 0  # on every process alike, as the gradients
+        self._finite = ~bad if self._finite is None else self._finite & ~bad
+        first = bad & (self._first_bad[0] < 0)
+        step = torch.where(first, float(trainer.global_step), self._first_bad[0])  # a scalar: no copy to the GPU
+        self._first_bad = torch.stack([step, torch.where(first, loss.detach().double(), self._first_bad[1])])
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        if self._finite is None:
+            return
+        for param in module.parameters():
+            if param.grad is not None:
+                param.grad.masked_fill_(~self._finite, 0.0)
+        self._finite = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # the best checkpoint is written in fit's validation
+            self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raises if a non-finite loss was seen: reads the device's record (a wait for the GPU)."""
+        if self._first_bad is None:
+            return
+        step, loss = self._first_bad.tolist()
+        if step < 0:
             return
         checkpoint = last_checkpoint(trainer)
         resume = (
@@ -29,9 +79,10 @@ class StopOnNonFiniteLoss(L.Callback):
             if checkpoint
             else "no checkpoint was written yet: start again, e.g. with a lower learning rate"
         )
+        self._first_bad = None
         raise FloatingPointError(
-            f"The training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            f"stopped before it reached the weights. To go on, {resume}."
+            f"The training loss is {loss} at global step {int(step)} (found at step {trainer.global_step}, epoch "
+            f"{trainer.current_epoch}); its gradient never reached the weights. To go on, {resume}."
         )
 
 
