@@ -32,9 +32,9 @@ TEXTURES = ("horizontal_stripes", "vertical_stripes", "rising_stripes", "falling
             "checkerboard", "dots", "grid", "concentric_rings")
 CLASSES = SHAPES + OUTLINES + TEXTURES
 NUM_CLASSES = len(CLASSES)
-VERSION = 2  # part of the folder name: bump it whenever the drawing changes
+VERSION = 3  # part of the folder name: bump it whenever the drawing or the split sizes change
 SPLITS = ("train", "val")
-TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 40
+TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 100  # 3,000 test images: the test-image part of an interval shrinks
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:

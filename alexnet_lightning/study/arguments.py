@@ -24,9 +24,11 @@ import argparse
 import gc
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.sources import cache_dir
+from alexnet_lightning.study import jobs
 from alexnet_lightning.study.identity import PRESETS, STRATEGIES, base_configs
 from alexnet_lightning.study.variants import ABLATIONS, VARIANTS, get_variant
 from alexnet_lightning.training import cli as alexnet_cli
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-error-target", type=float, default=TRAIN_ERROR_TARGET, metavar="ERROR",
                         help="the diagnostic 'epochs to this training top-1 error' (a fraction; default "
                         f"{TRAIN_ERROR_TARGET}; the paper's tanh measure is 0.25)")
+    jobs.add_arguments(parser)
     parser.add_argument("--wandb-project", default="alexnet-lightning")
     parser.add_argument("--config", dest="extra_configs", action="append", type=config_file, default=[],
                         metavar="YAML", help="further config overlays for every cell (e.g. trainer settings): a file, "
@@ -70,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is not None and args.jobs > 1 and args.strategy != "default":
+        parser.error(f"--jobs {args.jobs}: --strategy {args.strategy} trains one cell at a time on several processes")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if not 0 < args.train_error_target < 1:
@@ -114,19 +121,23 @@ def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
     return base_configs(args) + overlay
 
 
-def check_cells(args: argparse.Namespace) -> None:
+def check_cells(args: argparse.Namespace) -> Any:
     """Builds each selected variant's model, data module and trainer from its configs, so that a bad value stops the
-    study here, naming the option, before any data is read or generated."""
+    study here, naming the option, before any data is read or generated; returns the first variant's data module."""
     settings = ["--trainer.logger", "false"]
     if args.epochs is not None:
         settings += ["--trainer.max_epochs", str(args.epochs)]
     if args.data_root:
         settings += ["--data.root", str(args.data_root)]
+    data = None
     for variant in dict.fromkeys(variant for variant, _ in cells(args)):
         try:
-            alexnet_cli.main([*(a for p in variant_configs(args, variant) for a in ("--config", str(p))), *settings],
-                             run=False)
+            configs = [a for p in variant_configs(args, variant) for a in ("--config", str(p))]
+            cli = alexnet_cli.main([*configs, *settings], run=False)
         except ValueError as err:
             raise SystemExit(f"error: {err} (the configs of {variant}: "
                              f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err
+        data = data or cli.datamodule
+        del cli
         gc.collect()  # the CLI's objects hold each other, and a whole network, in reference cycles
+    return data
