@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -24,6 +25,10 @@ class SlowSteps(L.Callback):
 
 
 def ablate(argv: list[str]) -> subprocess.Popen:
+    """The runner in a process of its own, with its epoch lines (the tiny overlay turns them off)."""
+    shown = Path(argv[argv.index("--results") + 1]).parent / "lines.yaml"
+    shown.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": True}}))
+    argv = [*argv, "--config", str(shown)]
     return subprocess.Popen([sys.executable, "-m", "alexnet_lightning.study.runner", *argv], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

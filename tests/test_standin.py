@@ -52,7 +52,7 @@ def test_ensure_generates_once_into_the_cache(tmp_path) -> None:
 
 
 def test_an_interrupted_generation_is_never_used(tmp_path, monkeypatch) -> None:
-    def interrupted(root: Path, *args: int) -> None:
+    def interrupted(root: Path, *args: int, **kwargs: int) -> None:
         (root / "train" / "circle").mkdir(parents=True)
         raise KeyboardInterrupt
 
