@@ -32,31 +32,38 @@ from alexnet_lightning.training import cli as alexnet_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
+def clocks() -> tuple[float, float]:
+    """Wall time and this process's CPU time (every thread): on a busy machine the second still counts the work."""
+    return time.perf_counter(), time.process_time()
+
+
 class TrainTimer(L.Callback):
-    """Training batches and their time per epoch, validation excluded."""
+    """Training batches and their wall and CPU time per epoch, validation excluded."""
 
     def __init__(self) -> None:
-        self.epochs: list[tuple[int, float]] = []
+        self.epochs: list[tuple[int, float, float]] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.images, self.start, self.validating = 0, time.perf_counter(), 0.0
+        self.images, self.start, self.validating = 0, clocks(), (0.0, 0.0)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, index: int) -> None:
         self.images += len(batch[1])
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.validation_start = time.perf_counter()
+        self.validation_start = clocks()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.validating += time.perf_counter() - self.validation_start
+            self.validating = tuple(v + now - s for v, now, s in zip(self.validating, clocks(), self.validation_start))
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.epochs.append((self.images, time.perf_counter() - self.start - self.validating))
+        wall, cpu = (now - s - v for now, s, v in zip(clocks(), self.start, self.validating))
+        self.epochs.append((self.images, wall, cpu))
 
 
-def fit_and_bare_step(threads: int, epochs: int, folder: Path) -> tuple[float, float, str]:
-    """(fit img/s, bare step img/s, what was measured) in this process at ``threads`` threads."""
+def fit_and_bare_step(threads: int, epochs: int, folder: Path) -> tuple[tuple[float, float], tuple[float, float], str]:
+    """Fit's and the bare step's (images per second, images per CPU second) in this process at ``threads`` threads,
+    and what was measured."""
     torch.set_num_threads(threads)
     cli = alexnet_cli.main(["--config", "quick", "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir",
                             str(folder)], run=False)
@@ -64,8 +71,8 @@ def fit_and_bare_step(threads: int, epochs: int, folder: Path) -> tuple[float, f
     timer = TrainTimer()
     trainer.callbacks.append(timer)
     trainer.fit(model, data)
-    images, seconds = map(sum, zip(*timer.epochs[1:]))  # the first epoch warms up
-    fit_rate = images / seconds
+    images, wall, cpu = map(sum, zip(*timer.epochs[1:]))  # the first epoch warms up
+    fit_rates = images / wall, images / cpu
     batch, size = data.hparams.batch_size, model.hparams.input_size
     network = model.network.train()
     optimizer = torch.optim.SGD(network.parameters(), lr=model.hparams.lr, momentum=model.hparams.momentum,
@@ -79,14 +86,14 @@ def fit_and_bare_step(threads: int, epochs: int, folder: Path) -> tuple[float, f
 
     for _ in range(10):
         step()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 10:
+    steps, start = 0, clocks()
+    while time.perf_counter() - start[0] < 10:
         step()
         steps += 1
-    bare_rate = steps * batch / (time.perf_counter() - start)
+    bare_rates = tuple(steps * batch / (now - s) for now, s in zip(clocks(), start))
     what = (f"batch {batch}, {size}x{size}, width {model.hparams.width}, {type(data.train_set).__name__}, "
             f"{images} images in epochs 2..{epochs}")
-    return fit_rate, bare_rate, what
+    return fit_rates, bare_rates, what
 
 
 def study_rate(jobs: int, cells: int, epochs: int, folder: Path) -> tuple[float, float]:
@@ -125,10 +132,12 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if "fit" in args.parts:
-            print("| threads | fit img/s | bare step img/s | fit / bare | measured |\n|---|---|---|---|---|")
+            print("| threads | fit img/s | bare step img/s | fit / bare | fit img/CPU-s | bare img/CPU-s | fit / bare "
+                  "(CPU) | measured |\n|---|---|---|---|---|---|---|---|")
             for threads in dict.fromkeys(args.threads):
                 fit, bare, what = fit_and_bare_step(threads, args.epochs, Path(tmp) / f"fit{threads}")
-                print(f"| {threads} | {fit:.0f} | {bare:.0f} | {fit / bare:.2f} | {what} |", flush=True)
+                print(f"| {threads} | {fit[0]:.0f} | {bare[0]:.0f} | {fit[0] / bare[0]:.2f} | {fit[1]:.0f} | "
+                      f"{bare[1]:.0f} | {fit[1] / bare[1]:.2f} | {what} |", flush=True)
         if "study" in args.parts:
             jobs = args.jobs or default_jobs(args.cells)
             print(f"\nstudy: {args.cells} cells (baseline, no_lrn) of {args.study_epochs} epochs of the built-in set")
