@@ -110,7 +110,10 @@ def _cache_file(dataset: sources.SkipUnreadable, size: int, split: str) -> Path:
 
 
 def _decode(dataset: sources.SkipUnreadable, split: str, workers: int) -> tuple[Tensor, Tensor]:
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=shards._as_list)
+    # Its own generator: a loader draws its workers' base seed from the global stream otherwise, and a run that decodes
+    # (the first) would then drop out other units than one that reads the cache (a resumed one).
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=shards._as_list,
+                        generator=torch.Generator())
     kept = [s for batch in progress(loader, f"Decoding {split} into memory", len(loader)) for s in batch if s]
     if not kept:
         raise ValueError(f"{dataset.folder.root}: no readable image to hold in memory")
