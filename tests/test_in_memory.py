@@ -105,3 +105,12 @@ def test_the_decode_is_cached_until_a_file_changes(source, cache, monkeypatch):
     with pytest.raises(AssertionError, match="decoded again"):
         monkeypatch.setattr(in_memory, "_decode", decode)
         in_memory.load(source, "folders", "train", RESIZE)
+
+
+def test_decoding_leaves_the_global_random_stream_alone(source, cache):
+    """Dropout draws from it: a run that decodes (the first) and one that reads the cache (a resumed one) must see
+    the same stream."""
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    in_memory.load(source, "folders", "train", RESIZE, workers=1)
+    assert torch.equal(torch.get_rng_state(), state)
