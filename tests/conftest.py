@@ -64,11 +64,12 @@ def tiny_overlay(tmp_path) -> Path:
 
 @pytest.fixture
 def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
-    """The runner's arguments for a tiny study on the tiny data, W&B offline."""
+    """The runner's arguments for a tiny study on the tiny data, W&B offline, its cells in the test's own process
+    (``--jobs 1``: a later ``--jobs`` overrides it)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
-            "--results", str(tmp_path / "results"), "--study", "tiny"]
+            "--results", str(tmp_path / "results"), "--study", "tiny", "--jobs", "1"]
 
 
 @pytest.fixture

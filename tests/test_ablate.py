@@ -165,7 +165,8 @@ def test_cells_run_baseline_first_and_one_cell_alone():
     assert runner.cells(args) == [("baseline", 0), ("no_lrn", 0), ("tanh", 0), ("baseline", 1), ("no_lrn", 1),
                                   ("tanh", 1)]
     assert runner.cells(runner.parse_args(["--variant", "no_lrn", "--seed", "3"])) == [("no_lrn", 3)]
-    assert len(runner.cells(runner.parse_args(["--all"]))) == 8
+    assert len(runner.cells(runner.parse_args(["--all", "--seeds", "1"]))) == 8
+    assert runner.parse_args([]).seeds == 5 and len(runner.cells(runner.parse_args(["--no-lrn"]))) == 10
 
 
 def test_the_paper_preset_trains_from_prepared_shards(tmp_path, monkeypatch):

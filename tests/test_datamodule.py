@@ -39,7 +39,9 @@ def make_folder(root: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_clas
 
 
 def datamodule(root: Path, **kwargs) -> ImageNetDataModule:
-    options = dict(batch_size=4, root=str(root), resize_size=RESIZE, crop_size=CROP, num_workers=0) | kwargs
+    """The data module of ``root``, on the reference path (file by file) unless ``in_memory`` is given."""
+    options = dict(batch_size=4, root=str(root), resize_size=RESIZE, crop_size=CROP, num_workers=0, in_memory=False)
+    options |= kwargs
     return ImageNetDataModule(**options)
 
 
@@ -72,7 +74,8 @@ def test_batches_have_the_documented_shapes_and_types(tmp_path, cache) -> None:
 
 
 def test_loader_defaults(tmp_path, cache) -> None:
-    dm = ImageNetDataModule(batch_size=4, root=str(make_folder(tmp_path / "data")), resize_size=RESIZE, crop_size=CROP)
+    dm = ImageNetDataModule(batch_size=4, root=str(make_folder(tmp_path / "data")), resize_size=RESIZE, crop_size=CROP,
+                            in_memory=False)
     assert dm.num_workers == min(8, os.cpu_count())
     dm.setup("fit")
     train, val = dm.train_dataloader(), dm.val_dataloader()
@@ -85,7 +88,7 @@ def test_loader_defaults(tmp_path, cache) -> None:
 def test_root_none_is_the_builtin_dataset_generated_on_first_use(cache, monkeypatch) -> None:
     # The one test that generates the built-in set, at two images per class instead of 300.
     monkeypatch.setattr(standin, "ensure", functools.partial(standin.ensure, train_per_class=2, val_per_class=2))
-    dm = ImageNetDataModule(batch_size=8, resize_size=RESIZE, crop_size=CROP, num_workers=0)
+    dm = ImageNetDataModule(batch_size=8, resize_size=RESIZE, crop_size=CROP, num_workers=0, in_memory=False)
     assert dm.num_classes == standin.NUM_CLASSES
     dm.prepare_data()
     folder = dm.data_root()

@@ -56,8 +56,10 @@ def step_losses(root: Path) -> dict[int, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_imagefolder, tiny_overlay, tmp_path):
-    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder)]
+@pytest.mark.parametrize("in_memory", ["true", "false"])  # from memory, and file by file in loader processes
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_imagefolder, tiny_overlay, tmp_path, in_memory):
+    common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
+              "--data.in_memory", in_memory]
     # 60 training images in batches of 16: 4 steps per epoch. Killed in step 6, the second of epoch 1.
     killed_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "alexnet_lightning.training.cli", "fit", *common, "--config",

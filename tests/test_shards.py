@@ -225,7 +225,7 @@ def test_resumable_sampler_continues_the_same_permutation():
 
 
 def test_a_sample_is_augmented_by_its_key_alone(tmp_path, source, cache):
-    dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0)
+    dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0, in_memory=False)
     dm.setup("fit")
     dataset: SkipUnreadable = dm.train_set
     torch.manual_seed(1)
@@ -241,7 +241,7 @@ def test_a_sample_is_augmented_by_its_key_alone(tmp_path, source, cache):
 
 def test_shards_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_path, source, cache):
     dm = ImageNetDataModule(4, root=str(source), resize_size=RESIZE, crop_size=CROP, num_workers=0,
-                            prepared=str(tmp_path / "prep"))
+                            prepared=str(tmp_path / "prep"), in_memory=False)
     with pytest.warns(UserWarning, match="broken.jpg"):
         dm.prepare_data()
     assert dm.data_root() == tmp_path / "prep"
@@ -257,7 +257,8 @@ def test_shards_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_p
     expected = shards.__getitems__(list(range(15)))[0].double().div(255).mean(0).float()
     torch.testing.assert_close(dm.statistics().mean_image, expected, rtol=0, atol=1e-6)
     shutil.rmtree(source)  # from now on nothing reads the source
-    again = ImageNetDataModule(4, root=str(tmp_path / "prep"), resize_size=RESIZE, crop_size=CROP, num_workers=2)
+    again = ImageNetDataModule(4, root=str(tmp_path / "prep"), resize_size=RESIZE, crop_size=CROP, num_workers=2,
+                               in_memory=False)
     again.setup("fit")
     assert len(again.train_set) == 15 and again.num_classes == 3
     batches = list(again.train_dataloader())  # through loader processes, which open their own memory maps
@@ -273,7 +274,7 @@ def epoch_batches(dm: ImageNetDataModule, epoch: int, resume_after: int = 0) -> 
     batches = []
     for batch in loader:
         images, labels, _, seed = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
-        batches.append((images, labels, seed, dm.augment(images, "train", int(seed))))
+        batches.append((images, labels, seed, dm.augment(images, "train", seed)))
     return batches
 
 
@@ -285,7 +286,7 @@ def assert_same_batches(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.T
 
 def test_jpeg_batches_decode_on_the_device_as_in_the_loader_and_resume_mid_epoch(tmp_path, source, cache):
     dest = shards.prepare(str(source), tmp_path / "prep", RESIZE)
-    options = dict(root=str(dest), resize_size=RESIZE, crop_size=CROP)
+    options = dict(root=str(dest), resize_size=RESIZE, crop_size=CROP, in_memory=False)
     in_workers = ImageNetDataModule(4, num_workers=2, decode="workers", **options)
     in_workers.setup("fit")
     whole = epoch_batches(in_workers, epoch=1)
@@ -324,7 +325,8 @@ def test_cli_fit_and_test_from_prepared_shards(tiny_imagefolder, tiny_overlay, t
         monkeypatch.setattr(BatchAugmentation, name,
                             lambda self, *a, _m=method, _n=name: calls.append(_n) or _m(self, *a))
     common = [*QUICK, "--config", str(tiny_overlay), "--data.root", str(tiny_imagefolder),
-              "--data.prepared", str(tmp_path / "prep"), "--trainer.default_root_dir", str(tmp_path)]
+              "--data.prepared", str(tmp_path / "prep"), "--data.in_memory", "false",
+              "--trainer.default_root_dir", str(tmp_path)]
     fit = main(["fit", *common, "--trainer.num_sanity_val_steps", "0"])
     assert fit.trainer.global_step == 4 and (tmp_path / "prep" / "prepared.json").is_file()
     assert calls == ["train"] * 4 + ["centre"] * 2  # 60 training and 30 validation images, batches of 16

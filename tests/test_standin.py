@@ -16,8 +16,8 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 
 def test_same_seed_gives_identical_files_another_seed_different_ones(tmp_path) -> None:
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        standin.generate(tmp_path / name, seed=seed, train_per_class=2, val_per_class=1)
+    for name, seed, workers in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):  # in one process or in two: the same files
+        standin.generate(tmp_path / name, seed=seed, train_per_class=2, val_per_class=1, workers=workers)
     a, b, c = (file_hashes(tmp_path / name) for name in "abc")
     assert len(a) == 3 * standin.NUM_CLASSES
     assert a == b
@@ -52,7 +52,7 @@ def test_ensure_generates_once_into_the_cache(tmp_path) -> None:
 
 
 def test_an_interrupted_generation_is_never_used(tmp_path, monkeypatch) -> None:
-    def interrupted(root: Path, *args: int) -> None:
+    def interrupted(root: Path, *args: int, **kwargs: int) -> None:
         (root / "train" / "circle").mkdir(parents=True)
         raise KeyboardInterrupt
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning.data import shards, sources, standin
+from alexnet_lightning.data.in_memory import InMemorySplit, KeyedAugmentation, held_in_memory, load
 from alexnet_lightning.data.sampling import ResumableLoader, ResumableSampler, as_batch
 from alexnet_lightning.data.statistics import Statistics, load_or_compute
 from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalTransforms, TrainTransforms
@@ -107,6 +108,9 @@ class ImageNetDataModule(L.LightningDataModule):
         decode: Where the images of JPEG shards are decoded: ``"workers"``, in the loader's processes on the CPU;
             ``"device"``, batched on the batch's device after its transfer (nvjpeg on a GPU); ``"auto"``: on the
             device when the trainer's is a GPU (``trainer.strategy.root_device``), else in the workers.
+        in_memory: Decode each split once and hold it in memory, augmenting whole batches in the main process with
+            the reference path's values (``in_memory.py``), no loader processes; ``"auto"``: when the decoded splits
+            take at most ``in_memory.LIMIT_BYTES`` (4 GiB: the built-in set, not ImageNet).
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class ImageNetDataModule(L.LightningDataModule):
         prepared: str | None = None,
         value_scale: float = 255.0,
         decode: Literal["auto", "workers", "device"] = "auto",
+        in_memory: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         for name, value, valid, allowed in (
@@ -144,6 +149,8 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
         if decode not in ("auto", "workers", "device"):
             raise ValueError(f"decode must be 'auto', 'workers' or 'device', got {decode!r}")
+        if in_memory not in ("auto", True, False):
+            raise ValueError(f"in_memory must be 'auto', true or false, got {in_memory!r}")
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.layout = None if root is None else sources.layout(Path(root))
         if self.layout is None:
@@ -159,6 +166,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.train_position: dict[str, int] | None = None  # from a checkpoint, for the next training loader
         self.mean: Tensor | None = None  # what setup subtracts, for the checkpoint's inference record
         self._classes: tuple[list[str], list[str]] | None = None
+        self.held: bool | None = None  # whether the splits are held in memory, decided on first use
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position, kept in checkpoints."""
@@ -221,6 +229,11 @@ class ImageNetDataModule(L.LightningDataModule):
     def _reads_prepared(self) -> bool:
         return self.layout == "prepared" or self.hparams.prepared is not None
 
+    def _in_memory(self) -> bool:
+        if self.held is None:
+            self.held = held_in_memory(self.hparams.in_memory, self.data_root(), self.layout, self.hparams.resize_size)
+        return self.held
+
     def _decodes_on_device(self) -> bool:
         if self.hparams.decode != "auto":
             return self.hparams.decode == "device"
@@ -236,17 +249,18 @@ class ImageNetDataModule(L.LightningDataModule):
         # a different 15 each epoch, miss an epoch), so every step has one shape: a compiled network would otherwise
         # recompile for it, and cuDNN time its algorithms again. A set smaller than a batch keeps its one batch.
         whole = shuffle and len(dataset) >= self.hparams.batch_size * (replicas or {}).get("num_replicas", 1)
+        workers = 0 if isinstance(dataset, InMemorySplit) else self.num_workers  # processes would only add copies
         options = dict(
             batch_size=self.hparams.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=whole,
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
             # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
             generator=torch.Generator(),
             collate_fn=as_batch
-            if isinstance(dataset, shards.PreparedSplit)
+            if isinstance(dataset, (shards.PreparedSplit, InMemorySplit))
             else partial(sources.collate_skipping_unreadable, image_shape=image_shape),
         )
         if not shuffle:
@@ -297,6 +311,9 @@ class ImageNetDataModule(L.LightningDataModule):
             for split in sources.SPLITS:
                 sources.extract(Path(self.hparams.root), split)
         self.statistics()
+        if self._in_memory() and not self._reads_prepared():  # decoded once here, read from the cache by setup
+            for split in sources.SPLITS:
+                load(self.data_root(), self.layout or "folders", split, self.hparams.resize_size, self.num_workers)
 
     def setup(self, stage: str) -> None:
         stats = self.statistics()
@@ -305,7 +322,16 @@ class ImageNetDataModule(L.LightningDataModule):
         resize, crop, scale = self.hparams.resize_size, self.hparams.crop_size, self.hparams.value_scale
         lighting_std = self.hparams.lighting_std if self.hparams.pca_lighting else None
         lighting = dict(lighting_formula=self.hparams.lighting_formula, lighting_rescale=self.hparams.lighting_rescale)
-        if self._reads_prepared():
+        if self._in_memory():
+            self.augmentation = KeyedAugmentation(mean, stats.eigval, stats.eigvec, crop, lighting_std, scale,
+                                                  **lighting)
+            root, layout = self.data_root(), "prepared" if self._reads_prepared() else self.layout or "folders"
+            if layout == "prepared":
+                self._prepared_meta(root)
+            if stage == "fit":
+                self.train_set = load(root, layout, "train", resize, self.num_workers)
+            self.val_set = self.test_set = load(root, layout, "val", resize, self.num_workers)
+        elif self._reads_prepared():
             root = self.data_root()
             if not (root / "prepared.json").is_file():
                 raise FileNotFoundError(f"{root} is not prepared yet: prepare_data() writes it (the Trainer calls it)")
@@ -360,10 +386,11 @@ class ImageNetDataModule(L.LightningDataModule):
         stage = "train" if self.trainer.training else "test" if self.trainer.testing else "val"
         # Lightning converted the batch to the precision plugin's type before the transfer (convert_input), when it
         # was still uint8: the augmentation's float32 output is converted here (a no-op under 32 and *-mixed).
-        return self.trainer.precision_plugin.convert_input(self.augment(images, stage, int(seed))), labels
+        return self.trainer.precision_plugin.convert_input(self.augment(images, stage, seed)), labels
 
-    def augment(self, images: Tensor, stage: Literal["train", "val", "test"], seed: int = -1) -> Tensor:
-        """A prepared uint8 batch through the stage's pipeline (after ``setup``)."""
+    def augment(self, images: Tensor, stage: Literal["train", "val", "test"], seed: int | Tensor = -1) -> Tensor:
+        """A prepared or in-memory uint8 batch through the stage's pipeline (after ``setup``); in memory, ``seed``
+        holds each image's seed."""
         if stage == "train":
-            return self.augmentation.train(images, seed)
+            return self.augmentation.train(images, int(seed) if isinstance(seed, int) or seed.dim() == 0 else seed)
         return self.augmentation.ten_crops(images) if stage == "test" else self.augmentation.centre(images)

@@ -16,8 +16,10 @@ gives the same files. The set is generated on first use into the cache folder.
 """
 
 import math
+import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,9 @@ TEXTURES = ("horizontal_stripes", "vertical_stripes", "rising_stripes", "falling
             "checkerboard", "dots", "grid", "concentric_rings")
 CLASSES = SHAPES + OUTLINES + TEXTURES
 NUM_CLASSES = len(CLASSES)
-VERSION = 2  # part of the folder name: bump it whenever the drawing changes
+VERSION = 3  # part of the folder name: bump it whenever the drawing or the split sizes change
 SPLITS = ("train", "val")
-TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 40
+TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 100  # 3,000 test images: the test-image part of an interval shrinks
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -141,25 +143,35 @@ def draw(name: str, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
+def _generate_class(root: Path, seed: int, split_index: int, name: str, count: int) -> None:
+    folder = root / SPLITS[split_index] / name
+    folder.mkdir(parents=True)
+    for index in range(count):
+        rng = np.random.default_rng([seed, split_index, CLASSES.index(name), index])
+        image = draw(name, rng)
+        if rng.uniform() < 0.15:
+            image = image.convert("L")
+        if rng.uniform() < 0.3:
+            image.save(folder / f"{index:05d}.png")
+        else:
+            image.save(folder / f"{index:05d}.jpg", quality=75)
+
+
 def generate(
     root: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS,
-    classes: tuple[str, ...] = CLASSES,
+    classes: tuple[str, ...] = CLASSES, workers: int = 1,
 ) -> None:
     """Writes the dataset into ``root`` (``train/<class>/NNNNN.{jpg,png}``, same for ``val``); ``classes``: all
-    of them, or some (a smaller set for tests), each with the images it has in the whole set."""
-    for split_index, (split, count) in enumerate(zip(SPLITS, (train_per_class, val_per_class), strict=True)):
-        for name in classes:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                rng = np.random.default_rng([seed, split_index, CLASSES.index(name), index])
-                image = draw(name, rng)
-                if rng.uniform() < 0.15:
-                    image = image.convert("L")
-                if rng.uniform() < 0.3:
-                    image.save(folder / f"{index:05d}.png")
-                else:
-                    image.save(folder / f"{index:05d}.jpg", quality=75)
+    of them, or some (a smaller set for tests), each with the images it has in the whole set; a class folder at a time
+    in each of ``workers`` processes (every image has its own seed: the same files whatever the number)."""
+    counts = (train_per_class, val_per_class)
+    tasks = [(root, seed, i, name, count) for i, count in enumerate(counts) for name in classes]
+    if workers <= 1:
+        for task in tasks:
+            _generate_class(*task)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_generate_class, *zip(*tasks)))  # list(): raises the first worker's error
 
 
 def ensure(
@@ -177,7 +189,7 @@ def ensure(
     cache.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache))
     try:
-        generate(partial, seed, train_per_class, val_per_class)
+        generate(partial, seed, train_per_class, val_per_class, workers=len(os.sched_getaffinity(0)))
         partial.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         partial.rename(final)
     except OSError:

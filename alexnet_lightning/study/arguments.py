@@ -24,13 +24,17 @@ import argparse
 import gc
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.sources import cache_dir
+from alexnet_lightning.study import jobs
 from alexnet_lightning.study.identity import PRESETS, STRATEGIES, base_configs
 from alexnet_lightning.study.variants import ABLATIONS, VARIANTS, get_variant
 from alexnet_lightning.training import cli as alexnet_cli
 from alexnet_lightning.training.diagnostics import TRAIN_ERROR_TARGET
+
+DEFAULT_SEEDS = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--all", action="store_true", help="every variant above")
     group.add_argument("--variant", dest="variants", action="append", metavar="NAME",
                        help=f"a variant by registry name, repeatable: {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 of every variant (default 1)")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="run seeds 0..N-1 of every variant (default "
+                        f"{DEFAULT_SEEDS}: with the quick preset's 3,000 test images, enough to resolve a change of 5 "
+                        "points top-1 with 80%% power; docs/quick-preset.md)")
     parser.add_argument("--seed", type=int, help="run only this seed of the named variants, no implied baseline")
     parser.add_argument("--preset", choices=PRESETS, help="quick: built-in data on CPU (default without "
                         "--data-root); paper: the paper's run on ImageNet (default with --data-root)")
@@ -60,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-error-target", type=float, default=TRAIN_ERROR_TARGET, metavar="ERROR",
                         help="the diagnostic 'epochs to this training top-1 error' (a fraction; default "
                         f"{TRAIN_ERROR_TARGET}; the paper's tanh measure is 0.25)")
+    jobs.add_arguments(parser)
     parser.add_argument("--wandb-project", default="alexnet-lightning")
     parser.add_argument("--config", dest="extra_configs", action="append", type=config_file, default=[],
                         metavar="YAML", help="further config overlays for every cell (e.g. trainer settings): a file, "
@@ -70,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is not None and args.jobs > 1 and args.strategy != "default":
+        parser.error(f"--jobs {args.jobs}: --strategy {args.strategy} trains one cell at a time on several processes")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if not 0 < args.train_error_target < 1:
@@ -114,19 +125,23 @@ def variant_configs(args: argparse.Namespace, variant: str) -> list[Path]:
     return base_configs(args) + overlay
 
 
-def check_cells(args: argparse.Namespace) -> None:
+def check_cells(args: argparse.Namespace) -> Any:
     """Builds each selected variant's model, data module and trainer from its configs, so that a bad value stops the
-    study here, naming the option, before any data is read or generated."""
+    study here, naming the option, before any data is read or generated; returns the first variant's data module."""
     settings = ["--trainer.logger", "false"]
     if args.epochs is not None:
         settings += ["--trainer.max_epochs", str(args.epochs)]
     if args.data_root:
         settings += ["--data.root", str(args.data_root)]
+    data = None
     for variant in dict.fromkeys(variant for variant, _ in cells(args)):
         try:
-            alexnet_cli.main([*(a for p in variant_configs(args, variant) for a in ("--config", str(p))), *settings],
-                             run=False)
+            configs = [a for p in variant_configs(args, variant) for a in ("--config", str(p))]
+            cli = alexnet_cli.main([*configs, *settings], run=False)
         except ValueError as err:
             raise SystemExit(f"error: {err} (the configs of {variant}: "
                              f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err
+        data = data or cli.datamodule
+        del cli
         gc.collect()  # the CLI's objects hold each other, and a whole network, in reference cycles
+    return data
