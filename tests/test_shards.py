@@ -262,8 +262,9 @@ def test_shards_option_writes_the_shards_on_first_use_and_trains_from_them(tmp_p
     again.setup("fit")
     assert len(again.train_set) == 15 and again.num_classes == 3
     batches = list(again.train_dataloader())  # through loader processes, which open their own memory maps
-    assert sum(len(b[1]) for b in batches) == 15
-    assert np.array_equal(sorted(torch.cat([b[1] for b in batches]).tolist()), sorted(shards.labels.tolist()))
+    assert [len(b[1]) for b in batches] == [4, 4, 4]  # training drops the last partial batch (3 of 15 images)
+    seen = torch.cat([b[1] for b in batches]).tolist()
+    assert all(seen.count(c) <= shards.labels.tolist().count(c) for c in set(seen))
 
 
 def epoch_batches(dm: ImageNetDataModule, epoch: int, resume_after: int = 0) -> list[tuple[torch.Tensor, ...]]:
@@ -290,7 +291,7 @@ def test_jpeg_batches_decode_on_the_device_as_in_the_loader_and_resume_mid_epoch
     in_workers = ImageNetDataModule(4, num_workers=2, decode="workers", **options)
     in_workers.setup("fit")
     whole = epoch_batches(in_workers, epoch=1)
-    assert len(whole) == 4 and not torch.equal(whole[0][0], epoch_batches(in_workers, epoch=2)[0][0])  # reshuffled
+    assert len(whole) == 3 and not torch.equal(whole[0][0], epoch_batches(in_workers, epoch=2)[0][0])  # reshuffled
     # decode="device": the loader hands over the JPEG bytes, the transfer to the device decodes them (here the
     # CPU: the same code as for a GPU, whose decode_jpeg is nvjpeg's).
     on_device = ImageNetDataModule(4, num_workers=0, decode="device", **options)
