@@ -215,8 +215,9 @@ class ImageNetDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                    **(replicas or {}))
 
-        def position() -> tuple[int, int]:
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        def position() -> tuple[int, int, float]:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return trainer.current_epoch, batches, trainer.num_training_batches
 
         loader = ResumableLoader(dataset, sampler=sampler, progress=position, **options)
         if self.train_position is not None:
