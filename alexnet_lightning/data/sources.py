@@ -103,11 +103,15 @@ class SkipUnreadable(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(*index))
                 return self[index[2]]
-        try:
-            return self.folder[index]
+        path, target = self.folder.samples[index]
+        try:  # only the decoding: an error of the transform (say, a crop larger than the image) is not a bad file
+            image = self.folder.loader(path)
         except UNREADABLE as err:
-            warnings.warn(f"Skipping unreadable image {self.folder.samples[index][0]}: {err}", stacklevel=2)
+            warnings.warn(f"Skipping unreadable image {path}: {err}", stacklevel=2)
             return None
+        if self.folder.target_transform is not None:
+            target = self.folder.target_transform(target)
+        return (image if self.folder.transform is None else self.folder.transform(image)), target
 
 
 def collate_skipping_unreadable(
