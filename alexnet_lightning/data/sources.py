@@ -63,9 +63,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     scaled to 8 bits, 65535 to 255 (PIL's own conversion clips it at 255: a white image); 32-bit integer pixels
     (mode I) likewise, from 65535 if they hold 16-bit values, else from 2**31 - 1 (negative ones are black);
     floating-point pixels (mode F) have no white level and raise ``ValueError``. Files of several frames (animated
-    GIF, TIFF) give their first. The EXIF orientation is ignored, as torchvision's loader and ImageNet's tools ignore it: a file gives its
-    pixels as stored. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file raises ``OSError``
-    instead of decoding half an image.
+    GIF, TIFF) give their first. The EXIF orientation is ignored, as torchvision's loader and ImageNet's tools ignore
+    it: a file gives its pixels as stored. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file
+    raises ``OSError`` instead of decoding half an image.
     """
     with Image.open(path) as image:
         if image.mode in SIXTEEN_BIT:
