@@ -5,11 +5,11 @@ import sys
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from alexnet_lightning.signals import Sigterm
 from alexnet_lightning.study.arguments import cells, check_cells, parse_args
 from alexnet_lightning.study.cell import follow, lead, run_cell
 from alexnet_lightning.study.identity import open_study
 from alexnet_lightning.study.report import write_report
-from alexnet_lightning.training.stops import Sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
