@@ -24,9 +24,8 @@ SCRIPT = textwrap.dedent("""
 
     class Preempted(L.Callback):  # the test sends SIGTERM to every process, as a scheduler does
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 1:
-                if trainer.global_rank == 0:
-                    open(sys.argv[1] + "/step1", "w").close()
+            if trainer.global_step == 1:  # both ranks wait here for the signal, to stop after the same batch
+                open(f"{sys.argv[1]}/step1.rank{trainer.global_rank}", "w").close()
                 time.sleep(6)
 
     class SlowStop(L.Callback):  # rank 0 closes its loggers, syncs W&B...: longer than Lightning's 5 s watch
@@ -57,7 +56,7 @@ def test_rank_1_stopping_on_sigterm_leaves_rank_0_its_orderly_stop_and_checkpoin
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not (tmp_path / "step1").exists() and run.poll() is None and time.monotonic() < deadline:
+        while len(list(tmp_path.glob("step1.rank*"))) < 2 and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         os.killpg(run.pid, signal.SIGTERM)  # both ranks
         code = run.wait(timeout=240)

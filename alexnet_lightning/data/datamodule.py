@@ -31,6 +31,7 @@ from alexnet_lightning.data.sampling import ResumableLoader, ResumableSampler, a
 from alexnet_lightning.data.statistics import Statistics, load_or_compute
 from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalTransforms, TrainTransforms
 from alexnet_lightning.progress import progress
+from alexnet_lightning.signals import ignore_sigterm_in_worker
 
 
 class _LogSkippedFiles(L.Callback):
@@ -239,6 +240,8 @@ class ImageNetDataModule(L.LightningDataModule):
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
             # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
             generator=torch.Generator(),
+            # A scheduler's SIGTERM reaches the workers too: they ignore it and the trainer stops in order (signals.py).
+            worker_init_fn=partial(ignore_sigterm_in_worker, rank=self.trainer.global_rank if self.trainer else 0),
             collate_fn=as_batch
             if isinstance(dataset, shards.PreparedSplit)
             else partial(sources.collate_skipping_unreadable, image_shape=image_shape),
