@@ -6,7 +6,7 @@ import sys
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from alexnet_lightning.signals import Sigterm
-from alexnet_lightning.study.arguments import cells, check_cells, parse_args
+from alexnet_lightning.study.arguments import cells, check_cells, parse_args, study_cells
 from alexnet_lightning.study.cell import follow, lead, run_cell
 from alexnet_lightning.study.identity import open_study
 from alexnet_lightning.study.report import write_report
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         study_dir, identity = open_study(args)
         todo = cells(args)
         print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)")
+        for index, (variant, seed) in enumerate(study_cells(args)):  # the order --cell N counts in
+            print(f"  cell {index}: {variant} seed {seed}" + (" (this run)" if args.cell == index else ""))
         for variant, seed in todo:
             if Sigterm.received:
                 lead(None)
