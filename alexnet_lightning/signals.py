@@ -7,6 +7,7 @@ inside the write of the checkpoint that the signal asked for. The workers ignore
 to stop, and ends them.
 """
 
+import atexit
 import os
 import signal
 import sys
@@ -37,6 +38,21 @@ class Sigterm:
     @classmethod
     def _record(cls, signum: int, frame: Any) -> None:
         cls.received = True
+        atexit.register(_teardown_wandb)  # runs before W&B's own exit hook, registered earlier
+
+
+def _teardown_wandb() -> None:
+    """Ends W&B in a process stopped by SIGTERM. A scheduler signals W&B's service process too, which may have
+    ended already: W&B's own exit hook would then print a traceback ("Connection lost"); this one, which replaces
+    it, says so in a line."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    try:
+        wandb.teardown(128 + signal.SIGTERM)
+    except (OSError, AssertionError) as err:  # ConnectionResetError: the service is gone
+        print(f"W&B's service had stopped on the signal too ({type(err).__name__}): what it had not written is lost; "
+              f"offline runs upload with `wandb sync`", file=sys.stderr)
 
     @classmethod
     def exit_if_received(cls, done: str) -> None:
