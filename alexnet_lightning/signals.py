@@ -40,6 +40,13 @@ class Sigterm:
         cls.received = True
         atexit.register(_teardown_wandb)  # runs before W&B's own exit hook, registered earlier
 
+    @classmethod
+    def exit_if_received(cls, done: str) -> None:
+        """Exits with status 143 (128 + SIGTERM) if the signal came, saying what is done."""
+        if cls.received:
+            print(f"Stopped by SIGTERM; {done}. To go on, rerun the same command.", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM)
+
 
 def _teardown_wandb() -> None:
     """Ends W&B in a process stopped by SIGTERM. A scheduler signals W&B's service process too, which may have
@@ -53,13 +60,6 @@ def _teardown_wandb() -> None:
     except (OSError, AssertionError) as err:  # ConnectionResetError: the service is gone
         print(f"W&B's service had stopped on the signal too ({type(err).__name__}): what it had not written is lost; "
               f"offline runs upload with `wandb sync`", file=sys.stderr)
-
-    @classmethod
-    def exit_if_received(cls, done: str) -> None:
-        """Exits with status 143 (128 + SIGTERM) if the signal came, saying what is done."""
-        if cls.received:
-            print(f"Stopped by SIGTERM; {done}. To go on, rerun the same command.", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGTERM)
 
 
 def ignore_sigterm_in_worker(worker_id: int, rank: int = 0) -> None:
