@@ -15,7 +15,8 @@ import torch
 from tests.conftest import REPO
 
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's diagnosis of a hang
     import lightning as L, torch
     from torch.utils.data import DataLoader, TensorDataset
     from alexnet_lightning.model.module import AlexNetModule
@@ -59,7 +60,12 @@ def test_rank_1_stopping_on_sigterm_leaves_rank_0_its_orderly_stop_and_checkpoin
         while len(list(tmp_path.glob("step1.rank*"))) < 2 and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         os.killpg(run.pid, signal.SIGTERM)  # both ranks
-        code = run.wait(timeout=240)
+        try:
+            code = run.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGUSR1)  # every process prints its threads' stacks
+            time.sleep(3)
+            pytest.fail(f"no exit 150 s after SIGTERM:\n{log.read_text()[-12000:]}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
