@@ -51,6 +51,14 @@ class PatientLauncher(_SubprocessScriptLauncher):
         super().__init__(*args, **kwargs)
         self.grace_s = grace_s
 
+    def kill(self, signum: Any) -> None:
+        # Lightning's SIGTERM handler forwards the signal to the other ranks and broadcasts from rank 0 in every rank
+        # that receives it. A scheduler signals every process already: forwarded, rank 1 would get it twice and run
+        # a second broadcast that rank 0 never matches, a deadlock (seen under a process-group SIGTERM). A SIGTERM to
+        # rank 0 alone reaches the others through that broadcast.
+        if signum != signal.SIGTERM:
+            super().kill(signum)
+
     def launch(self, function: Any, *args: Any, trainer: "pl.Trainer | None" = None, **kwargs: Any) -> Any:
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
