@@ -66,6 +66,11 @@ class LogLines(ProgressBar):
         if self._enabled and self.trainer.is_global_zero:
             print(text, file=sys.stderr, flush=True)
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # A run resumed within an epoch starts no epoch: its time and images count from here, in this process.
+        self._epoch_start = self._last_line = time.monotonic()
+        self._images = 0
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_line(trainer)
         self._epoch_start = self._last_line = time.monotonic()

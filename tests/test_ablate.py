@@ -203,7 +203,7 @@ def test_a_tiny_two_tower_study_trains_on_two_processes_and_the_first_alone_writ
 
     study = tmp_path / "results" / "tiny"
     assert {p.name for p in study.iterdir()} == {"study.json", "ablation.md", "ablation.csv", "ablation.json",
-                                                 "learning_curves.png", "deltas.png", "runs", ".report.lock"}
+                                                 "learning_curves.png", "deltas.png", "runs"}
     assert json.loads((study / "study.json").read_text())["base_config"]["trainer"]["devices"] == 2
     with open(study / "ablation.csv") as file:
         assert [row["variant"] for row in csv.DictReader(file)] == ["baseline", "no_lrn"]

@@ -281,7 +281,7 @@ def test_a_trainer_sees_x_y_and_logs_the_skipped_files(tmp_path, cache) -> None:
     (root / "train" / "a" / "bad.jpg").write_bytes(b"")
     (root / "val" / "b" / "bad.jpg").write_bytes(b"")
     (root / "val" / "c" / "bad.png").write_bytes(b"")
-    dm = datamodule(root)
+    dm = datamodule(root, max_skipped_fraction=0.5)  # 1 of 10 training files
     trainer = L.Trainer(
         max_epochs=1,
         num_sanity_val_steps=0,

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 DATA_STEPS = ["sources", "standin", "statistics", "transforms", "shards", "in_memory", "sampling", "datamodule",
               "__main__"]
 # The package's groups, lowest first: a module imports only from its own group and the groups before it.
-LAYERS = [("files", "progress"), ("data",), ("model",), ("training",), ("study",), ("use",)]
+LAYERS = [("files", "progress", "signals"), ("data",), ("model",), ("training",), ("study",), ("use",)]
 
 
 def module_name(path: Path, root: Path) -> str:

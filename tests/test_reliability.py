@@ -1,6 +1,5 @@
 import csv
 import errno
-import fcntl
 import json
 import multiprocessing
 import os
@@ -524,8 +523,7 @@ def test_a_cell_that_another_process_runs_is_skipped(study, monkeypatch, capsys)
     lock = study_dir / "runs" / "baseline" / "seed0" / ".cell.lock"
     lock.parent.mkdir(parents=True)
     monkeypatch.setattr(study_cell.alexnet_cli, "main", stop_at_cli({}))
-    with open(lock, "a") as other:
-        fcntl.flock(other, fcntl.LOCK_EX)  # as another process running the cell holds it
+    with files.locked(lock):  # as another process running the cell holds it
         study_cell.run_cell(args, study_dir, identity, "baseline", 0)
     assert "[baseline seed 0] running in another process: skipped" in capsys.readouterr().out
 

@@ -83,7 +83,7 @@ def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source,
     (dest / "prepared.json").unlink()
     (dest / "train" / "00001.jpeg.npy").write_bytes(b"kept: shard 1 finished")
     with pytest.raises(FileNotFoundError, match="no .*prepared.json: the prepare did not finish"):
-        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
+        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE, crop_size=CROP)
     mixed = r"00000.json is a shard of another encoding \(jpeg, 90\) than this prepare's \(raw\)"
     with pytest.raises(ValueError, match=mixed):  # a folder never mixes encodings
         shards.prepare(str(source), dest, RESIZE, shard_size=4, encoding="raw")
@@ -97,11 +97,11 @@ def test_an_interrupted_prepare_resumes_with_the_shards_it_has(tmp_path, source,
 def test_wrong_size_and_format_name_the_file_and_the_flag(tmp_path, source, cache):
     dest = shards.prepare(str(source), tmp_path / "prep", RESIZE)
     with pytest.raises(ValueError, match=r"prepared.json holds 24x24 images but --data.resize_size is 32"):
-        ImageNetDataModule(4, root=str(dest), resize_size=32)
+        ImageNetDataModule(4, root=str(dest), resize_size=32, crop_size=CROP)
     meta = json.loads((dest / "prepared.json").read_text())
     (dest / "prepared.json").write_text(json.dumps(meta | {"format": 99}))
     with pytest.raises(ValueError, match="prepared.json has format 99"):
-        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE)
+        ImageNetDataModule(4, root=str(dest), resize_size=RESIZE, crop_size=CROP)
 
 
 def test_a_corrupt_jpeg_shard_names_its_file(tmp_path, source, cache):

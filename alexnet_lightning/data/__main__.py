@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alexnet_lightning.data import shards, standin
 from alexnet_lightning.data.datamodule import ImageNetDataModule
+from alexnet_lightning.signals import Sigterm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"channel mean {result.mean_image.mean((1, 2)).tolist()}")
     else:
         source = None if args.source == "builtin" else args.source
-        dest = shards.prepare(source, args.dest, args.size, args.shard_size, args.workers, args.encoding,
-                                args.quality)
+        with Sigterm.recorded():  # a SIGTERM stops after the shard being written
+            dest = shards.prepare(source, args.dest, args.size, args.shard_size, args.workers, args.encoding,
+                                  args.quality)
         for split, info in shards.read_meta(dest)["splits"].items():
             print(f"{split}: {info['images']} images in {info['shards']} shards, "
                   f"{len(info['skipped'])} unreadable skipped")

@@ -32,10 +32,13 @@ from alexnet_lightning.data.sampling import ResumableLoader, ResumableSampler, a
 from alexnet_lightning.data.statistics import Statistics, load_or_compute
 from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalTransforms, TrainTransforms
 from alexnet_lightning.progress import progress
+from alexnet_lightning.signals import ignore_sigterm_in_worker
 
 
 class _LogSkippedFiles(L.Callback):
-    """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch.
+    """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch, and stops a
+    training epoch that skipped more than ``max_skipped_fraction`` of its files, or a split that skipped all of them:
+    files that many unreadable are a broken data set, not a few bad files.
 
     Lightning forbids ``self.log`` inside the batch-transfer hooks, where the count is taken off the
     batch, so it is logged from the next hook that allows it. The stage is part of the name because
@@ -44,25 +47,51 @@ class _LogSkippedFiles(L.Callback):
 
     def __init__(self, datamodule: "ImageNetDataModule") -> None:
         self.datamodule = datamodule
+        self.counts = {"train": [0, 0], "val": [0, 0], "test": [0, 0]}  # stage: [skipped, files]
 
-    def _log(self, module: L.LightningModule, stage: str) -> None:
+    def _log(self, module: L.LightningModule, stage: str, batch: Any) -> None:
         skipped = self.datamodule.skipped_files.float()
         module.log(
             f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
         )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
+        self.counts[stage][0] += int(skipped)
+        self.counts[stage][1] += int(skipped) + len(batch[1])
+
+    def _check(self, trainer: L.Trainer, stage: str) -> None:
+        counts = torch.tensor(self.counts[stage])
+        self.counts[stage] = [0, 0]
+        skipped, files = trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # every rank stops, or none
+        limit = self.datamodule.hparams.max_skipped_fraction if stage == "train" else 1.0
+        if files and (skipped == files or skipped > limit * files):
+            what = "of the training epoch" if stage == "train" else f"of the {stage} split"
+            raise RuntimeError(
+                f"{skipped:.0f} of the {files:.0f} files {what} were unreadable (each named in a 'Skipping unreadable "
+                f"image' warning, with its reason); "
+                + ("every one: " if skipped == files else f"more than --data.max_skipped_fraction {limit}: ")
+                + "check the data root, or raise the limit to go on with the files that decode"
+            )
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
-        self._log(module, "train")
+        self._log(module, "train", batch)
 
     def on_validation_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
     ) -> None:
-        self._log(module, "val")
+        self._log(module, "val", batch)
 
     def on_test_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
     ) -> None:
-        self._log(module, "test")
+        self._log(module, "test", batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "test")
 
 
 class ImageNetDataModule(L.LightningDataModule):
@@ -105,6 +134,8 @@ class ImageNetDataModule(L.LightningDataModule):
         prepared: A folder for the fast path: ``root`` is converted into 256x256 JPEG shards there on first use
             (``prepare_data``; ``python -m alexnet_lightning.data prepare`` does the same ahead of time, and can store
             raw uint8) and read from it instead of ``root``. Same distribution of inputs.
+        max_skipped_fraction: The fraction of a training epoch's files that may be skipped as unreadable; more stops
+            the run (a validation or test split stops only if every file is unreadable).
         decode: Where the images of JPEG shards are decoded: ``"workers"``, in the loader's processes on the CPU;
             ``"device"``, batched on the batch's device after its transfer (nvjpeg on a GPU); ``"auto"``: on the
             device when the trainer's is a GPU (``trainer.strategy.root_device``), else in the workers.
@@ -131,6 +162,7 @@ class ImageNetDataModule(L.LightningDataModule):
         value_scale: float = 255.0,
         decode: Literal["auto", "workers", "device"] = "auto",
         in_memory: bool | Literal["auto"] = "auto",
+        max_skipped_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         for name, value, valid, allowed in (
@@ -141,9 +173,13 @@ class ImageNetDataModule(L.LightningDataModule):
             ("num_workers", num_workers, num_workers is None or num_workers >= 0, "at least 0"),
             ("statistics_images", statistics_images, statistics_images >= 1, "at least 1"),
             ("value_scale", value_scale, value_scale > 0, "positive"),
+            ("max_skipped_fraction", max_skipped_fraction, 0 <= max_skipped_fraction <= 1, "in [0, 1]"),
         ):
             if not valid:
                 raise ValueError(f"{name} must be {allowed}, got {value}")
+        if resize_size < crop_size:  # else every image fails in its transform, which is not a bad file
+            raise ValueError(f"--data.resize_size ({resize_size}) must be at least --data.crop_size ({crop_size}): "
+                             f"the crops are taken from the {resize_size}x{resize_size} images")
         self.save_hyperparameters()
         if lighting_formula not in LIGHTING_FORMULAS:
             raise ValueError(f"lighting_formula must be one of {LIGHTING_FORMULAS}, got {lighting_formula!r}")
@@ -259,6 +295,8 @@ class ImageNetDataModule(L.LightningDataModule):
             # Augmentation is seeded per sample: the loader's own generator keeps it off the global RNG stream,
             # which a resumed run would otherwise draw from at a different point than an uninterrupted one.
             generator=torch.Generator(),
+            # A scheduler's SIGTERM reaches the workers too: they ignore it and the trainer stops in order (signals.py).
+            worker_init_fn=partial(ignore_sigterm_in_worker, rank=self.trainer.global_rank if self.trainer else 0),
             collate_fn=as_batch
             if isinstance(dataset, (shards.PreparedSplit, InMemorySplit))
             else partial(sources.collate_skipping_unreadable, image_shape=image_shape),
@@ -268,8 +306,9 @@ class ImageNetDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, self.hparams.batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                    **(replicas or {}))
 
-        def position() -> tuple[int, int]:
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        def position() -> tuple[int, int, float]:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return trainer.current_epoch, batches, trainer.num_training_batches
 
         loader = ResumableLoader(dataset, sampler=sampler, progress=position, **options)
         if self.train_position is not None:

@@ -25,15 +25,17 @@ class ResumableSampler(DistributedSampler):
 
 class ResumableLoader(DataLoader):
     """A DataLoader whose position Lightning saves in checkpoints and restores (its state_dict interface):
-    ``progress()`` gives (epoch, batches trained in it) when a checkpoint is written."""
+    ``progress()`` gives (epoch, batches trained in it, batches in the epoch) when a checkpoint is written. The
+    batches in an epoch are Lightning's (``trainer.num_training_batches``), which ``limit_train_batches`` makes fewer
+    than the loader's."""
 
-    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int, float]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.progress = progress
 
     def state_dict(self) -> dict[str, int]:
-        epoch, batches = self.progress()
-        if batches >= len(self):  # written at the end of an epoch: the resumed run starts the next one
+        epoch, batches, per_epoch = self.progress()
+        if batches >= min(len(self), per_epoch):  # written at the end of an epoch: the resumed run starts the next one
             epoch, batches = epoch + 1, 0
         return {"epoch": epoch, "batches": batches}
 

@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 from alexnet_lightning.data import sources, standin
 from alexnet_lightning.files import write_atomic
 from alexnet_lightning.progress import progress
+from alexnet_lightning.signals import Sigterm, ignore_sigterm_in_worker
 
 FORMAT = 2  # 2: JPEG or raw shards; 1: raw only, in the files of format 2's raw encoding
 ENCODINGS = ("jpeg", "raw")
@@ -97,7 +98,8 @@ def prepare(
                 )
         todo = [k for k in range(shards) if k not in done]
         batches = [list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size))) for k in todo]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list,
+                            worker_init_fn=ignore_sigterm_in_worker)
         for k, indices, samples in progress(zip(todo, batches, loader), f"Preparing {split}", len(todo)):
             kept = [sample for sample in samples if sample is not None]
             labels = np.array([label for _, label in kept], np.int64)
@@ -115,6 +117,9 @@ def prepare(
             write_atomic(folder / f"{k:05d}.labels.npy", lambda f, a=labels: np.save(f, a))
             record = json.dumps({"images": len(kept), "skipped": skipped, **stored}).encode()
             write_atomic(folder / f"{k:05d}.json", lambda f, data=record: f.write(data))
+            written = sum((folder / f"{j:05d}.json").is_file() for j in range(shards))
+            Sigterm.exit_if_received(f"{written} of the {shards} shards of {folder} are written and kept; a rerun "
+                                     f"writes the others, shard by shard")  # a signal while recorded (__main__)
         records = [json.loads((folder / f"{k:05d}.json").read_text()) for k in range(shards)]
         meta["splits"][split] = {
             "shards": shards,

@@ -37,7 +37,7 @@ SPLITS = ("train", "val")
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 # torchvision's, compared case-insensitively (ImageNet's files end in .JPEG), and GIF (its first frame).
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
-# PIL's modes of 16-bit grayscale: "I" is how it opens 16-bit PGM (and some PNG and TIFF) files.
+# PIL's modes of 16-bit grayscale, and "I" (32-bit), which is how it opens 16-bit PGM (and some PNG and TIFF) files.
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -59,16 +59,20 @@ def load_rgb(path: str | Path) -> Image.Image:
 
     Grayscale, 1-bit, palette and CMYK convert to RGB; an alpha channel is composited onto white so that the colour
     hidden under transparent pixels (often garbage) never reaches the network. 16-bit grayscale (PNG, TIFF, PGM) is
-    scaled to 8 bits, 65535 to 255 (PIL's own conversion clips it at 255: a white image); floating-point pixels
-    (mode F) have no white level and raise ``ValueError``. Files of several frames (animated GIF, TIFF) give their
-    first. The EXIF orientation is ignored, as torchvision's loader and ImageNet's tools ignore it: a file gives its
-    pixels as stored. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file raises ``OSError``
-    instead of decoding half an image.
+    scaled to 8 bits, 65535 to 255 (PIL's own conversion clips it at 255: a white image); 32-bit integer pixels
+    (mode I) likewise, from 65535 if they hold 16-bit values, else from 2**31 - 1 (negative ones are black);
+    floating-point pixels (mode F) have no white level and raise ``ValueError``. Files of several frames (animated
+    GIF, TIFF) give their first. The EXIF orientation is ignored, as torchvision's loader and ImageNet's tools ignore
+    it: a file gives its pixels as stored. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so a truncated file
+    raises ``OSError`` instead of decoding half an image.
     """
     with Image.open(path) as image:
         if image.mode in SIXTEEN_BIT:
-            pixels = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
-            return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+            pixels = np.asarray(image).astype(np.int64)
+            # Mode I is 32-bit: 16-bit data stored as I (PNG, PGM) has white at 65535, other data at 2**31 - 1.
+            white = 2**31 - 1 if image.mode == "I" and pixels.max(initial=0) > 65535 else 65535
+            pixels = np.clip(pixels, 0, white)
+            return Image.fromarray(((pixels * 255 + white // 2) // white).astype(np.uint8)).convert("RGB")
         if image.mode == "F":
             raise ValueError("floating-point pixels (mode F) have no white level")
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -102,11 +106,15 @@ class SkipUnreadable(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(*index))
                 return self[index[2]]
-        try:
-            return self.folder[index]
+        path, target = self.folder.samples[index]
+        try:  # only the decoding: an error of the transform (say, a crop larger than the image) is not a bad file
+            image = self.folder.loader(path)
         except UNREADABLE as err:
-            warnings.warn(f"Skipping unreadable image {self.folder.samples[index][0]}: {err}", stacklevel=2)
+            warnings.warn(f"Skipping unreadable image {path}: {err}", stacklevel=2)
             return None
+        if self.folder.target_transform is not None:
+            target = self.folder.target_transform(target)
+        return (image if self.folder.transform is None else self.folder.transform(image)), target
 
 
 def collate_skipping_unreadable(

@@ -32,12 +32,14 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch import Tensor, nn
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.optim import Optimizer
 
+from alexnet_lightning.model.launcher import PatientLauncher
 from alexnet_lightning.model.network import AlexNet, LocalResponseNorm
 
 TOWERS = 2
@@ -168,6 +170,8 @@ class TowerParallelStrategy(DDPStrategy):
                 f"number of processes (devices x num_nodes); got {world_size}"
             )
         super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):  # a rank's SIGTERM stop must not kill rank 0's
+            self._launcher = PatientLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     def connect(self, model: pl.LightningModule) -> None:
         network = getattr(model, "network", None)

@@ -8,6 +8,7 @@ folder (--results to choose another).
     alexnet-ablate --all --seeds 3                # every ablation, three seeds
     alexnet-ablate --preset paper --data-root /data/imagenet --no-lrn --no-overlap
     alexnet-ablate --variant no_lrn --seed 1      # one cell (a cluster job or a W&B sweep agent)
+    alexnet-ablate --all --seeds 3 --cell $SLURM_ARRAY_TASK_ID  # the Nth cell of the printed order (an array task)
     alexnet-ablate --no-lrn --strategy towers     # the paper's two-GPU layout, one process per tower
 
 Re-running a study skips finished cells and resumes interrupted ones from their last checkpoint. Cells of one study
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the diagnostic 'epochs to this training top-1 error' (a fraction; default "
                         f"{TRAIN_ERROR_TARGET}; the paper's tanh measure is 0.25)")
     jobs.add_arguments(parser)
+    parser.add_argument("--cell", type=int, metavar="N",
+                        help="run only the Nth cell (from 0) of the study's order, which the runner prints: one task "
+                        "of a cluster array (--cell $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--wandb-project", default="alexnet-lightning")
     parser.add_argument("--config", dest="extra_configs", action="append", type=config_file, default=[],
                         metavar="YAML", help="further config overlays for every cell (e.g. trainer settings): a file, "
@@ -87,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--train-error-target must be a fraction between 0 and 1, got {args.train_error_target}")
     if args.data_root is not None and not args.data_root.exists():
         parser.error(f"--data-root {args.data_root} does not exist")
+    if args.cell is not None and not 0 <= args.cell < len(study_cells(args)):
+        parser.error(f"--cell {args.cell}: the study has {len(study_cells(args))} cell(s), numbered from 0")
     one_tower = sorted({v for v, _ in cells(args) if VARIANTS[v].overrides.get("model", {}).get("towers") == 1})
     if args.strategy == "towers" and one_tower:
         parser.error(f"--strategy towers needs two towers; {', '.join(one_tower)} has one")
@@ -112,7 +118,13 @@ def config_file(value: str) -> Path:
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(variant, seed) pairs to run, seed by seed so that each seed's comparison completes early."""
+    """The (variant, seed) pairs this run runs: the study's, or its ``--cell``."""
+    every = study_cells(args)
+    return every if getattr(args, "cell", None) is None else [every[args.cell]]
+
+
+def study_cells(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The study's (variant, seed) pairs in order, seed by seed so that each seed's comparison completes early."""
     variants = list(dict.fromkeys(ABLATIONS if args.all else (args.variants or [])))
     if args.seed is not None:
         return [(v, args.seed) for v in variants or ["baseline"]]

@@ -15,12 +15,12 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from alexnet_lightning.files import locked, write_atomic
 from alexnet_lightning.model import outcomes
+from alexnet_lightning.signals import Sigterm
 from alexnet_lightning.study.arguments import variant_configs
 from alexnet_lightning.study.report import read_curves, read_result
 from alexnet_lightning.training import cli as alexnet_cli
 from alexnet_lightning.training.checkpoints import check_writable, resume_checkpoint
 from alexnet_lightning.training.diagnostics import cell_diagnostics
-from alexnet_lightning.training.stops import Sigterm
 from alexnet_lightning.training.wandb_logger import wandb_offline
 
 CELL = "ALEXNET_ABLATE_CELL"  # the first process's cell, in the environment Lightning's launcher hands on

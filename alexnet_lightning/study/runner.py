@@ -6,12 +6,12 @@ import sys
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from alexnet_lightning.study.arguments import cells, check_cells, parse_args
+from alexnet_lightning.signals import Sigterm
+from alexnet_lightning.study.arguments import cells, check_cells, parse_args, study_cells
 from alexnet_lightning.study.cell import follow, lead, run_cell
 from alexnet_lightning.study.identity import open_study
 from alexnet_lightning.study.jobs import default_jobs, run_jobs
 from alexnet_lightning.study.report import write_report
-from alexnet_lightning.training.stops import Sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = 1 if args.as_job or args.strategy != "default" else min(args.jobs or default_jobs(len(todo)), len(todo))
         if not args.as_job:
             print(f"study {args.study} ({args.preset} preset) in {study_dir}: {len(todo)} cell(s)", flush=True)
+            for index, (variant, seed) in enumerate(study_cells(args)):  # the order --cell N counts in
+                print(f"  cell {index}: {variant} seed {seed}" + (" (this run)" if args.cell == index else ""))
         if jobs > 1:
             data.prepare_data()  # once, before the jobs start: the data, its statistics, its decode into memory
             Sigterm.exit_if_received("no cell has started")

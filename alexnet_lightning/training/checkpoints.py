@@ -122,12 +122,26 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         # Not at an epoch's last batch: a checkpoint written before the epoch's validation resumes past it.
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if _cut_by_max_steps(trainer):  # saved here, as within an epoch: see on_train_epoch_end
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
             super().on_train_batch_end(trainer, module, *args)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # An epoch that max_steps ended before its last batch: Lightning would resume a checkpoint written here as
+        # a finished epoch and skip the epoch's other batches; the one written after its last batch resumes within it.
+        if _cut_by_max_steps(trainer) and self._last_global_step_saved == trainer.global_step:
+            return
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _cut_by_max_steps(trainer: L.Trainer) -> bool:
+    """Whether max_steps is reached before the epoch's last batch."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return 0 <= trainer.max_steps <= trainer.global_step and batches < trainer.num_training_batches
 
 
 def check_writable(trainer: L.Trainer) -> None:

@@ -28,11 +28,12 @@ from alexnet_lightning import CONFIGS
 from alexnet_lightning.data.datamodule import ImageNetDataModule
 from alexnet_lightning.model.module import AlexNetModule
 from alexnet_lightning.progress import LogLines
+from alexnet_lightning.signals import Sigterm
 from alexnet_lightning.training.allocator import keep_freed_memory
 from alexnet_lightning.training.checkpoints import AtomicCheckpointIO, check_writable, resume_checkpoint
 from alexnet_lightning.training.diagnostics import Diagnostics
 from alexnet_lightning.training.quiet import ignore_args_warning, quiet_libraries
-from alexnet_lightning.training.stops import Sigterm, training_callbacks
+from alexnet_lightning.training.stops import training_callbacks
 
 DESCRIPTION = (
     "A paper-faithful AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) in PyTorch Lightning: train, validate and "

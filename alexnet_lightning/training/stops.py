@@ -3,8 +3,6 @@
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from alexnet_lightning.signals import Sigterm
 from alexnet_lightning.training.checkpoints import RandomState, last_checkpoint
 
 
@@ -84,37 +83,6 @@ class StopOnNonFiniteLoss(L.Callback):
             f"The training loss is {loss} at global step {int(step)} (found at step {trainer.global_step}, epoch "
             f"{trainer.current_epoch}); its gradient never reached the weights. To go on, {resume}."
         )
-
-
-class Sigterm:
-    """SIGTERM while no trainer runs a stage, when Lightning's handler is not installed (between the cells of a
-    study, while data is prepared): ``recorded()`` makes the process note the signal instead of dying wherever it
-    is, and the runner stops at its next safe point with ``exit_if_received``. Lightning's handler, while installed,
-    calls this one too (it keeps the handler it replaces)."""
-
-    received = False
-
-    @classmethod
-    @contextmanager
-    def recorded(cls) -> Iterator[None]:
-        previous = signal.signal(signal.SIGTERM, cls._record)
-        cls.received = False
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            cls.received = False
-
-    @classmethod
-    def _record(cls, signum: int, frame: Any) -> None:
-        cls.received = True
-
-    @classmethod
-    def exit_if_received(cls, done: str) -> None:
-        """Exits with status 143 (128 + SIGTERM) if the signal came, saying what is done."""
-        if cls.received:
-            print(f"Stopped by SIGTERM; {done}. To go on, rerun the same command.", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGTERM)
 
 
 class CheckpointOnSigterm(L.Callback):
