@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from alexnet_lightning.data.in_memory import InMemorySplit
 from alexnet_lightning.data.sources import SkipUnreadable
 from alexnet_lightning.model import outcomes
 from alexnet_lightning.model.module import AlexNetModule
@@ -112,6 +113,10 @@ def test_the_test_set_hash_changes_with_the_images_and_not_with_the_folder(tmp_p
     assert outcomes.test_set_fingerprint(image_folder(tmp_path / "four", {"a": ["1.png"], "b": ["2.png", "3.png"]})) \
         != first  # the same files, one under another label
     assert outcomes.test_set_fingerprint(TensorDataset(torch.zeros(3))) is None
+    # a split held in memory is the split it was decoded from
+    held = InMemorySplit(torch.zeros(3, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1]),
+                         image_folder(tmp_path / "five", files))
+    assert outcomes.test_set_fingerprint(held) == first
 
 
 def test_an_outcome_file_reads_back_what_was_written(tmp_path):

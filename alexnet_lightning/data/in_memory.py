@@ -51,13 +51,14 @@ def held_in_memory(choice: bool | str, root: Path, layout: str | None, size: int
 class InMemorySplit(Dataset):
     """A decoded split. ``dataset[keys]`` with a list of keys gives a whole batch ``(images uint8 [B, 3, S, S],
     labels [B], skipped 0, seeds [B])``: a key is an index (seed -1: no augmentation) or a ``(seed, epoch, index)``
-    triple from ``sampling.ResumableSampler``, whose ``sources.sample_seed`` seeds that sample's augmentation."""
+    triple from ``sampling.ResumableSampler``, whose ``sources.sample_seed`` seeds that sample's augmentation.
+    ``source`` is the dataset it was decoded from, which names its files (``outcomes.test_set_fingerprint``)."""
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, source: Dataset | None = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
             raise ValueError(f"expected uint8 images [N, 3, S, S] and N labels, got {tuple(images.shape)} "
                              f"{images.dtype} and {len(labels)} labels")
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.source = images, labels, source
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,13 +128,13 @@ def load(root: Path, layout: str, split: str, size: int, workers: int = 0) -> In
         prepared = shards.PreparedSplit(root, split)
         chunks = [list(range(i, min(i + 1024, len(prepared)))) for i in range(0, len(prepared), 1024)]
         images = [prepared.__getitems__(chunk)[0] for chunk in progress(chunks, f"Reading {split} into memory")]
-        return InMemorySplit(torch.cat(images), prepared.labels)
+        return InMemorySplit(torch.cat(images), prepared.labels, prepared)
     dataset = sources.open_split(root, layout, split, sources.resize_and_centre(size))
     file = _cache_file(dataset, size, split)
     if file.is_file():
         try:
             with np.load(file) as cached:
-                return InMemorySplit(torch.from_numpy(cached["images"]), torch.from_numpy(cached["labels"]))
+                return InMemorySplit(torch.from_numpy(cached["images"]), torch.from_numpy(cached["labels"]), dataset)
         except (OSError, ValueError, KeyError):
             pass  # unreadable: decoded again and rewritten
     images, labels = _decode(dataset, split, workers)
@@ -141,4 +142,4 @@ def load(root: Path, layout: str, split: str, size: int, workers: int = 0) -> In
         write_atomic(file, lambda f: np.savez(f, images=images.numpy(), labels=labels.numpy()))
     except OSError:
         pass  # a read-only cache: decoded again next time
-    return InMemorySplit(images, labels)
+    return InMemorySplit(images, labels, dataset)

@@ -65,7 +65,9 @@ def gather(strategy: Any, local: Tensor, n: int) -> Tensor | None:
 
 def test_set_fingerprint(dataset: Dataset) -> str | None:
     """A hash of the ordered test set: relative paths and labels of an image folder; labels, source and skipped
-    files of a prepared split. None for another kind of dataset."""
+    files of a prepared split; of the split a split held in memory was decoded from. None for another kind of
+    dataset."""
+    dataset = getattr(dataset, "source", None) or dataset  # in_memory.InMemorySplit
     digest = hashlib.sha256()
     folder = getattr(dataset, "folder", None)
     if hasattr(folder, "samples"):  # sources.SkipUnreadable over an ImageFolder or torchvision's ImageNet
