@@ -60,6 +60,7 @@ from alexnet_lightning.training.allocator import keep_freed_memory
 from alexnet_lightning.training.stops import training_callbacks
 
 PAPER_IMAGES, PAPER_EPOCHS = 1_281_167, 90  # ILSVRC-2012 training set, ~90 epochs (Section 5)
+# in_memory=False: ImageNet-sized data is read from its files or shards, never held in memory (data/in_memory.py)
 STATISTICS_IMAGES = 256  # mean image and lighting from a sample: the values do not change the speed
 # Training-step configurations of the paper network: name -> options of ``training_step``.
 STEPS: dict[str, dict[str, Any]] = {
@@ -220,12 +221,13 @@ def one_core(root: Path, jpeg: Path, raw: Path, batch: int, count: int) -> dict[
     pipelines: dict[str, Callable[[], Iterable]] = {
         "classic PIL ImageFolder (RandomResizedCrop)": lambda: DataLoader(Subset(pil, range(count)), batch,
                                                                           shuffle=True)}
-    files = ImageNetDataModule(batch, root=str(root), num_workers=0, statistics_images=STATISTICS_IMAGES)
+    files = ImageNetDataModule(batch, root=str(root), num_workers=0, statistics_images=STATISTICS_IMAGES,
+                               in_memory=False)
     files.setup("fit")
     pipelines["ours, image by image (TrainTransforms)"] = files.train_dataloader
     for name, folder in (("raw", raw), ("JPEG", jpeg)):
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=0, statistics_images=STATISTICS_IMAGES,
-                                decode="workers")
+                                in_memory=False, decode="workers")
         dm.setup("fit")
         pipelines[f"ours, {name} shards + batch augmentation"] = lambda dm=dm: augmented(dm, dm.train_dataloader(), cpu)
     results = {}
@@ -251,7 +253,7 @@ def loaders(jpeg: Path, raw: Path, batch: int, workers: int, device: torch.devic
     for name, folder, decode in setups:
         shards.guard_device_decode = "unguarded" not in name
         dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES,
-                                decode=decode)
+                                in_memory=False, decode=decode)
         dm.setup("fit")
         loader = dm.train_dataloader()
         timed(augmented(dm, loader, device), len(dm.train_set))
@@ -358,7 +360,8 @@ def measure_fit(folder: Path, batch: int, workers: int, epochs: int, skip: int) 
         speed = yaml.safe_load((CONFIGS / "gpu.yaml").read_text())
         model |= speed["model"]
         trainer_options |= speed["trainer"]
-    dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES)
+    dm = ImageNetDataModule(batch, root=str(folder), num_workers=workers, statistics_images=STATISTICS_IMAGES,
+                            in_memory=False)
     module = AlexNetModule(**model, num_classes=dm.num_classes)
     throughput = Throughput(skip)
     trainer = L.Trainer(max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0, logger=False,

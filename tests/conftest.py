@@ -69,7 +69,7 @@ def study_args(tiny_imagefolder, tiny_overlay, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     return ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(tiny_overlay),
-            "--results", str(tmp_path / "results"), "--study", "tiny", "--jobs", "1"]
+            "--results", str(tmp_path / "results"), "--study", "tiny", "--jobs", "1", "--seeds", "1"]
 
 
 @pytest.fixture

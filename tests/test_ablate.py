@@ -123,7 +123,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(study_args, tmp_path, m
      (["--train-error-target", "25"], "--train-error-target must be a fraction between 0 and 1, got 25.0"),
      (["--no-split", "--strategy", "towers"], "--strategy towers needs two towers; no_split has one"),
      (["--config", "quik"], "argument --config: 'quik' is neither a file nor a packaged config; the packaged configs: "
-                            "gpu, paper, quick, towers, drop_layer")],
+                            "gpu, paper, wandb, quick, towers, drop_layer")],
 )
 def test_bad_input_fails_before_training(argv, message, capsys):
     with pytest.raises(SystemExit):

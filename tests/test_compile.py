@@ -94,12 +94,14 @@ def test_each_batch_shape_gets_a_static_graph_of_its_own(paper_optimisation, cou
 def test_training_drops_its_last_partial_batch_and_evaluation_keeps_it(tiny_imagefolder):
     from alexnet_lightning.data.datamodule import ImageNetDataModule
 
-    data = ImageNetDataModule(16, root=str(tiny_imagefolder), num_workers=0, statistics_images=16, resize_size=72,
-                              crop_size=67)
-    data.setup("fit")
-    assert len(data.train_set) == 60 and len(data.train_dataloader()) == 3  # 60 = 3 x 16 + 12
-    assert {len(y) for _, y, _ in data.train_dataloader()} == {16}
-    assert len(data.val_set) == 30 and len(data.val_dataloader()) == 2
+    for in_memory in (False, True):  # files read one by one, and the split held in memory
+        data = ImageNetDataModule(16, root=str(tiny_imagefolder), num_workers=0, statistics_images=16,
+                                  resize_size=72, crop_size=67, in_memory=in_memory)
+        data.prepare_data()
+        data.setup("fit")
+        assert len(data.train_set) == 60 and len(data.train_dataloader()) == 3  # 60 = 3 x 16 + 12
+        assert {len(batch[1]) for batch in data.train_dataloader()} == {16}
+        assert len(data.val_set) == 30 and len(data.val_dataloader()) == 2
 
 
 @pytest.mark.slow
@@ -186,5 +188,5 @@ def test_each_cell_of_a_study_with_compile_compiles(study_args, tmp_path, monkey
         frames.append(counting.frames - before)
 
     monkeypatch.setattr(study_cell, "train_cell", counted)
-    assert runner.main([*study_args, "--config", str(overlay), "--no-lrn", "--no-dropout"]) == 0
+    assert runner.main([*study_args, "--config", str(overlay), "--no-lrn", "--no-dropout", "--seeds", "1"]) == 0
     assert len(frames) == 3 and all(count > 0 for count in frames), frames

@@ -216,7 +216,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_study_resumes_the_cell(tiny_
         "data": {"batch_size": 15, "num_workers": 0, "statistics_images": 32},
     }))
     study = ["--data-root", str(tiny_imagefolder), "--preset", "quick", "--config", str(overlay),
-             "--results", str(tmp_path / "results"), "--study", "s"]
+             "--results", str(tmp_path / "results"), "--study", "s", "--jobs", "1", "--seeds", "1"]  # jobs: test_jobs
     # Started from a process that runs W&B itself, whose wandb-core service the study would inherit (WANDB_SERVICE).
     wandb.init(mode="offline", dir=tmp_path, project="parent").finish()
     assert os.environ.get("WANDB_SERVICE")
