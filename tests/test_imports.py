@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-DATA_STEPS = ["sources", "standin", "statistics", "transforms", "shards", "in_memory", "sampling", "datamodule",
-              "__main__"]
+DATA_STEPS = ["sources", "standin", "statistics", "transforms", "shards", "classes", "in_memory", "sampling", "skips",
+              "datamodule", "__main__"]
 # The package's groups, lowest first: a module imports only from its own group and the groups before it.
 LAYERS = [("files", "progress", "signals"), ("data",), ("model",), ("training",), ("study",), ("use",)]
 

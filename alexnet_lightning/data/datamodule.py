@@ -27,71 +27,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
 from alexnet_lightning.data import shards, sources, standin
+from alexnet_lightning.data.classes import class_ids_and_names
 from alexnet_lightning.data.in_memory import InMemorySplit, KeyedAugmentation, held_in_memory, load
 from alexnet_lightning.data.sampling import ResumableLoader, ResumableSampler, as_batch
+from alexnet_lightning.data.skips import SkippedFiles
 from alexnet_lightning.data.statistics import Statistics, load_or_compute
 from alexnet_lightning.data.transforms import LIGHTING_FORMULAS, BatchAugmentation, EvalTransforms, TrainTransforms
 from alexnet_lightning.progress import progress
 from alexnet_lightning.signals import ignore_sigterm_in_worker
-
-
-class _LogSkippedFiles(L.Callback):
-    """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch, and stops a
-    training epoch that skipped more than ``max_skipped_fraction`` of its files, or a split that skipped all of them:
-    files that many unreadable are a broken data set, not a few bad files.
-
-    Lightning forbids ``self.log`` inside the batch-transfer hooks, where the count is taken off the
-    batch, so it is logged from the next hook that allows it. The stage is part of the name because
-    the training and validation epochs end at the same step and would overwrite each other.
-    """
-
-    def __init__(self, datamodule: "ImageNetDataModule") -> None:
-        self.datamodule = datamodule
-        self.counts = {"train": [0, 0], "val": [0, 0], "test": [0, 0]}  # stage: [skipped, files]
-
-    def _log(self, module: L.LightningModule, stage: str, batch: Any) -> None:
-        skipped = self.datamodule.skipped_files.float()
-        module.log(
-            f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
-        )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
-        self.counts[stage][0] += int(skipped)
-        self.counts[stage][1] += int(skipped) + len(batch[1])
-
-    def _check(self, trainer: L.Trainer, stage: str) -> None:
-        counts = torch.tensor(self.counts[stage])
-        self.counts[stage] = [0, 0]
-        skipped, files = trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # every rank stops, or none
-        limit = self.datamodule.hparams.max_skipped_fraction if stage == "train" else 1.0
-        if files and (skipped == files or skipped > limit * files):
-            what = "of the training epoch" if stage == "train" else f"of the {stage} split"
-            raise RuntimeError(
-                f"{skipped:.0f} of the {files:.0f} files {what} were unreadable (each named in a 'Skipping unreadable "
-                f"image' warning, with its reason); "
-                + ("every one: " if skipped == files else f"more than --data.max_skipped_fraction {limit}: ")
-                + "check the data root, or raise the limit to go on with the files that decode"
-            )
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
-        self._log(module, "train", batch)
-
-    def on_validation_batch_start(
-        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
-    ) -> None:
-        self._log(module, "val", batch)
-
-    def on_test_batch_start(
-        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
-    ) -> None:
-        self._log(module, "test", batch)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "train")
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "test")
 
 
 class ImageNetDataModule(L.LightningDataModule):
@@ -222,29 +165,12 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.mean is None:
             return None
         if self._classes is None:  # read once: checkpoints are written every 1000 steps
-            self._classes = self._class_ids_and_names()
+            root = self.data_root()
+            self._classes = class_ids_and_names(root, self.layout, Path(self.hparams.root or root))
         wnids, names = self._classes
         hp = self.hparams
         return {"root": hp.root, "mean": self.mean.clone(), "value_scale": float(hp.value_scale),
                 "resize_size": hp.resize_size, "crop_size": hp.crop_size, "wnids": wnids, "names": names}
-
-    def _class_ids_and_names(self) -> tuple[list[str], list[str]]:
-        """The class ids in label order (prepared meta, devkit or train folders) and names (devkit meta.bin or ids)."""
-        root = self.data_root()
-        if (root / "prepared.json").is_file():
-            wnids = list(shards.read_meta(root)["classes"])
-        elif self.layout == "archives":
-            wnids = sources.devkit_wnids(root)
-        else:
-            wnids = sources.find_classes(root / "train")[0]
-        names = list(wnids)
-        meta = Path(self.hparams.root or root) / "meta.bin"  # the devkit's names, written when archives are extracted
-        if meta.is_file():
-            from torchvision.datasets.imagenet import load_meta_file
-
-            known = load_meta_file(str(meta.parent))[0]
-            names = [", ".join(known[w]) if w in known else w for w in wnids]
-        return wnids, names
 
     def _prepared_meta(self, root: Path) -> dict:
         meta = shards.read_meta(root)
@@ -390,8 +316,8 @@ class ImageNetDataModule(L.LightningDataModule):
             if stage == "test":
                 ten_crops = EvalTransforms(mean, resize, crop, ten_crops=True, value_scale=scale)
                 self.test_set = self._dataset("val", ten_crops)
-        if self.trainer is not None and not any(isinstance(c, _LogSkippedFiles) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(_LogSkippedFiles(self))
+        if self.trainer is not None and not any(isinstance(c, SkippedFiles) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(SkippedFiles(self))
 
     def train_dataloader(self) -> DataLoader:
         crop = self.hparams.crop_size
@@ -416,7 +342,7 @@ class ImageNetDataModule(L.LightningDataModule):
         return *super().transfer_batch_to_device((images, labels, skipped), device, dataloader_idx), seed
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Takes the skipped-file count off the batch (``_LogSkippedFiles`` logs it) and augments prepared
+        """Takes the skipped-file count off the batch (``SkippedFiles`` logs it) and augments prepared
         batches on their device: the model sees ``(x, y)``."""
         if self.augmentation is None:
             images, labels, self.skipped_files = batch

@@ -1,0 +1,66 @@
+"""The files a data module skipped as unreadable: logged per epoch, and bounded (a data set that many files
+fail to decode is broken, not a few bad files)."""
+
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class SkippedFiles(L.Callback):
+    """Logs the datamodule's count of skipped files as ``data/skipped_files/<stage>``, summed per epoch, and stops a
+    training epoch that skipped more than ``max_skipped_fraction`` of its files, or a split that skipped all of them:
+    files that many unreadable are a broken data set, not a few bad files.
+
+    Lightning forbids ``self.log`` inside the batch-transfer hooks, where the count is taken off the
+    batch, so it is logged from the next hook that allows it. The stage is part of the name because
+    the training and validation epochs end at the same step and would overwrite each other.
+    """
+
+    def __init__(self, datamodule: L.LightningDataModule) -> None:
+        self.datamodule = datamodule
+        self.counts = {"train": [0, 0], "val": [0, 0], "test": [0, 0]}  # stage: [skipped, files]
+
+    def _log(self, module: L.LightningModule, stage: str, batch: Any) -> None:
+        skipped = self.datamodule.skipped_files.float()
+        module.log(
+            f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
+        )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
+        self.counts[stage][0] += int(skipped)
+        self.counts[stage][1] += int(skipped) + len(batch[1])
+
+    def _check(self, trainer: L.Trainer, stage: str) -> None:
+        counts = torch.tensor(self.counts[stage])
+        self.counts[stage] = [0, 0]
+        skipped, files = trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # every rank stops, or none
+        limit = self.datamodule.hparams.max_skipped_fraction if stage == "train" else 1.0
+        if files and (skipped == files or skipped > limit * files):
+            what = "of the training epoch" if stage == "train" else f"of the {stage} split"
+            raise RuntimeError(
+                f"{skipped:.0f} of the {files:.0f} files {what} were unreadable (each named in a 'Skipping unreadable "
+                f"image' warning, with its reason); "
+                + ("every one: " if skipped == files else f"more than --data.max_skipped_fraction {limit}: ")
+                + "check the data root, or raise the limit to go on with the files that decode"
+            )
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
+        self._log(module, "train", batch)
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
+    ) -> None:
+        self._log(module, "val", batch)
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
+    ) -> None:
+        self._log(module, "test", batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, "test")
