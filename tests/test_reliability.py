@@ -493,7 +493,7 @@ def open_study_once_it_appears(args) -> None:
 def test_cells_of_a_new_study_started_together_agree_on_its_study_file(study, monkeypatch):
     # The first cell writes study.json; three more start the moment it appears. A large identity makes the write
     # take long enough for them to read the file meanwhile.
-    large = identity.study_identity(runner.parse_args(study)) | {"base_config": {"padding": "x" * 30_000_000}}
+    large = identity.study_identity(runner.parse_args(study)) | {"padding": "x" * 30_000_000}
     monkeypatch.setattr(identity, "study_identity", lambda args: large)
     context = multiprocessing.get_context("fork")
     cells = [context.Process(target=open_study_once_it_appears, args=(runner.parse_args(study),)) for _ in range(3)]

@@ -145,7 +145,8 @@ def test_a_fitted_checkpoint_records_what_inference_needs_and_loads_with_weights
     assert record["network"]["width"] == 0.25 and record["network"]["num_classes"] == 10
     assert record["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
                                   "lighting_rescale": False}
-    assert 0 <= record["measured"]["val/top1_error"] <= 1 and record["global_step"] == 4
+    # 60 images in batches of 16: 3 steps, the partial fourth batch dropped
+    assert 0 <= record["measured"]["val/top1_error"] <= 1 and record["global_step"] == 3
 
 
 @pytest.mark.slow

@@ -19,19 +19,23 @@ class SkippedFiles(L.Callback):
 
     def __init__(self, datamodule: L.LightningDataModule) -> None:
         self.datamodule = datamodule
-        self.counts = {"train": [0, 0], "val": [0, 0], "test": [0, 0]}  # stage: [skipped, files]
+        # stage: [files skipped, files read], summed on the batches' device and read at the epoch's end: reading a
+        # device tensor every step would make each step wait for the GPU
+        self.counts: dict[str, list] = {stage: [0, 0] for stage in ("train", "val", "test")}
 
     def _log(self, module: L.LightningModule, stage: str, batch: Any) -> None:
         skipped = self.datamodule.skipped_files.float()
         module.log(
             f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
         )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
-        self.counts[stage][0] += int(skipped)
-        self.counts[stage][1] += int(skipped) + len(batch[1])
+        self.counts[stage][0] = skipped + self.counts[stage][0]
+        self.counts[stage][1] += len(batch[1])
 
     def _check(self, trainer: L.Trainer, stage: str) -> None:
-        counts = torch.tensor(self.counts[stage])
+        skipped, read = self.counts[stage]
         self.counts[stage] = [0, 0]
+        skipped = torch.as_tensor(skipped, dtype=torch.float32, device=trainer.strategy.root_device)
+        counts = torch.stack([skipped, skipped + read])
         skipped, files = trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # every rank stops, or none
         limit = self.datamodule.hparams.max_skipped_fraction if stage == "train" else 1.0
         if files and (skipped == files or skipped > limit * files):
