@@ -132,13 +132,14 @@ def test_without_a_config_every_subcommand_runs_the_papers_configuration(subcomm
     with pytest.raises(SystemExit):  # a preset given later overrides it
         main([subcommand, "--config", "quick", "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["trainer"]["max_epochs"] == 12 and config["model"]["width"] == 0.25 and config["model"]["lr"] == 0.02
+    model = config["model"]
+    assert config["trainer"]["max_epochs"] == 14 and model["width"] == 0.1875 and model["lr"] == 0.03
 
 
 def test_packaged_configs_by_name_or_by_path_and_the_paper_given_twice_adds_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     named = main(["--config", "quick", "--config", "no_lrn", "--trainer.logger", "false"], run=False)
-    assert named.model.hparams.lrn is False and named.model.hparams.width == 0.25 and named.trainer.max_epochs == 12
+    assert named.model.hparams.lrn is False and named.model.hparams.width == 0.1875 and named.trainer.max_epochs == 14
     assert named.model.hparams.momentum == 0.9 and named.model.hparams.lr_factor == 0.1  # the paper's, underneath
     overlay = tmp_path / "mine.yaml"
     overlay.write_text("model:\n  dropout: 0.0\n")
