@@ -9,7 +9,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every block over 32 MB afresh and hands it back when freed, so each new batch-sized
     tensor on the CPU pays page faults for all its pages: on a 2-core machine that cost the paper network's
-    training step about a third of its speed (README, Speed options). Training and the benchmark reuse the
+    training step about a third of its speed (docs/guide.md, Speed options). Training and the benchmark reuse the
     same shapes every step, so the kept memory is reused; the process keeps its peak memory until it exits.
     """
     try:

@@ -20,7 +20,7 @@ from alexnet_lightning.files import write_atomic
 from alexnet_lightning.model.network import AlexNet
 from alexnet_lightning.use.record import UnsafeFile, read, to_export
 
-CLAIMS = {"lrn_formula": "LRN formula (README, Faithfulness)", "lighting_formula": "PCA lighting formula",
+CLAIMS = {"lrn_formula": "LRN formula (docs/paper.md#cuda-convnet2)", "lighting_formula": "PCA lighting formula",
           "lighting_rescale": "lighting rescale (cuda-convnet2)"}
 
 
