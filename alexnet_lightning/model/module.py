@@ -64,7 +64,8 @@ class AlexNetModule(L.LightningModule):
             does not depend on the option. Each input shape gets a static graph (``dynamic=False``): training drops
             its last partial batch (data.datamodule), and validation's and testing's few shapes compile once each.
         compile_mode: torch.compile's mode: "reduce-overhead" also replays the GPU's kernels as CUDA graphs,
-            "max-autotune" times kernel choices at the first step (both untested for speed; docs/guide.md, Speed options).
+            "max-autotune" times kernel choices at the first step (both untested for speed; docs/guide.md,
+            Speed options).
         network: the arguments of alexnet_lightning.model.network.AlexNet (lrn, towers, dropout, ...).
     """
 

@@ -84,8 +84,8 @@ def sweep_text() -> str:
         "parameters": {"variant": {"values": list(VARIANTS)}, "seed": {"values": [0, 1, 2]}},
         "command": ["${env}", "${program}", "--study", "sweep", "${args}"],  # the agent's ${interpreter} is `python`
     }
-    header = ("# Generated from alexnet_lightning/study/variants.py. `wandb sweep` this file (docs/guide.md, Weights & Biases); "
-              "`wandb agent ID`.\n")
+    header = ("# Generated from alexnet_lightning/study/variants.py. `wandb sweep` this file (docs/guide.md, "
+              "Weights & Biases); `wandb agent ID`.\n")
     return header + yaml.safe_dump(sweep, sort_keys=False)
 
 
