@@ -1,6 +1,7 @@
 """Resume from `last` is exact however an epoch ends: cut short by ``limit_train_batches`` (a count or a fraction), by
-``max_steps`` in the middle of an epoch, or with validations within an epoch (``val_check_interval``), each with loader
-processes: the resumed run ends with the weights of a run that was never interrupted (deterministic mode)."""
+``max_steps`` in the middle of an epoch or at its end, by ``max_epochs`` with ``max_steps`` set, or with validations
+within an epoch (``val_check_interval``), each with loader processes: the resumed run ends with the weights of a run
+that was never interrupted (deterministic mode)."""
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ CASES = {
     "limit_fraction": ({"max_epochs": 1}, {"max_epochs": 2}, {"limit_train_batches": 0.5}),
     "max_steps_mid_epoch": ({"max_steps": 5, "max_epochs": 3}, {"max_steps": 10, "max_epochs": 3}, {}),
     "max_steps_at_an_epochs_end": ({"max_steps": 6, "max_epochs": 3}, {"max_steps": 10, "max_epochs": 3}, {}),
+    "max_epochs_with_max_steps_set": ({"max_steps": 10, "max_epochs": 1}, {"max_steps": 10, "max_epochs": 3}, {}),
     "val_check_within_epoch": ({"max_steps": 5, "max_epochs": 2}, {"max_epochs": 2},
                                {"val_check_interval": 2}),
 }

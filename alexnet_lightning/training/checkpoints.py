@@ -137,6 +137,21 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning 2.6 restarts a run with max_steps from a checkpoint written at an epoch's end (on_train_epoch_end:
+        # the epoch processed, not yet completed) within that epoch: it runs it again with no batches and counts it
+        # processed twice, so the next epoch is skipped or shuffled as the one after it (Lightning issue #19617).
+        # Resumed as a finished epoch, the next starts at its first batch, as without max_steps.
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        epochs = loop.get("epoch_progress")
+        if epochs is None or epochs["current"]["processed"] != epochs["current"]["completed"] + 1:
+            return
+        for tracker in (epochs["current"], epochs["total"]):
+            tracker["completed"] = tracker["processed"]
+        batches = loop["epoch_loop.batch_progress"]
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
+
 
 def _cut_by_max_steps(trainer: L.Trainer) -> bool:
     """Whether max_steps is reached before the epoch's last batch."""
