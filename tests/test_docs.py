@@ -17,9 +17,8 @@ def cited_files() -> list:
         listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git clone")
-    # README.md is left to its own rewrite (issue 22); everything else a clone holds is checked
     return [REPO / f for f in listed.split() if f.endswith((".py", ".yaml", ".ipynb", ".md"))
-            and f not in ("README.md", "tests/test_docs.py")]
+            and f != "tests/test_docs.py"]
 
 
 def sections(text: str) -> set[str]:
@@ -49,3 +48,13 @@ def test_every_anchor_and_section_cited_is_in_docs_paper():
     assert not missing, f"anchors cited but not in docs/paper.md: {missing}"
     missing = {s: str(f) for s, f in cited_sections.items() if s not in documented}
     assert not missing, f"paper sections cited but not covered by docs/paper.md: {missing}"
+
+
+def test_every_link_in_the_docs_names_a_file_of_the_repository():
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
+
