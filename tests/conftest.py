@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ else:  # pytest's own TOML reader before Python 3.11
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+# The compiler's cache of its own for the test run: a cache in /tmp that a killed compile left half-written fails
+# every later compile of the same graph ("file too short"), in any run on the machine.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="alexnet-tests-inductor-"))
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
