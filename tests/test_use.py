@@ -142,7 +142,7 @@ def test_a_fitted_checkpoint_records_what_inference_needs_and_loads_with_weights
     assert torch.equal(record["data"]["mean"], mean) and record["data"]["mean"].shape == (3, 72, 72)
     assert record["data"]["wnids"] == sorted(p.name for p in (moved / "train").iterdir())
     assert (record["data"]["resize_size"], record["data"]["crop_size"], record["data"]["value_scale"]) == (72, 67, 1)
-    assert record["network"]["width"] == 0.25 and record["network"]["num_classes"] == 10
+    assert record["network"]["width"] == 0.1875 and record["network"]["num_classes"] == 10
     assert record["readings"] == {"lrn_formula": "cuda-convnet2", "lighting_formula": "cuda-convnet2",
                                   "lighting_rescale": False}
     # 60 images in batches of 16: 3 steps, the partial fourth batch dropped

@@ -69,7 +69,7 @@ def test_the_overlay_fits_offline_with_the_resolved_config(tiny_imagefolder, tmp
     run = cli.trainer.logger.experiment
     config = dict(run.config)["cli"]
     assert config["data"]["root"] == str(tiny_imagefolder) and config["trainer"]["max_epochs"] == 1
-    assert config["model"]["width"] == 0.25 and config["seed_everything"] == 0
+    assert config["model"]["width"] == 0.1875 and config["seed_everything"] == 0
     assert run.offline and [w for w in caught if "not logged as model artifacts" in str(w.message)]
     run.finish()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
