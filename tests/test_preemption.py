@@ -48,13 +48,13 @@ def test_sigterm_to_the_process_group_with_loader_workers_stops_in_order_and_res
     stops = re.findall(r"Stopped by SIGTERM at global step (\d+); checkpoint (\S+)\.", err)
     assert len(stops) == 1 and stops[0][1] == str(last), err[-3000:]
     saved = torch.load(last, weights_only=False)
-    assert saved["global_step"] == int(stops[0][0]) < 12 and last.stat().st_mtime_ns > first  # written after it
+    assert saved["global_step"] == int(stops[0][0]) < 9 and last.stat().st_mtime_ns > first  # written after it
 
     start = time.monotonic()
     rerun = subprocess.run(runner, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - start
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert torch.load(last, weights_only=False)["global_step"] == 12
+    assert torch.load(last, weights_only=False)["global_step"] == 9  # 3 epochs of 3 whole batches of 16
     epochs = re.findall(r"epoch \d+/3 done in (\d+) s \((\d+) img/s\)", rerun.stderr)
     assert epochs, rerun.stderr[-3000:]
     assert all(int(s) <= seconds + 1 and int(rate) > 0 for s, rate in epochs), (epochs, seconds)
