@@ -97,8 +97,10 @@ class LogLines(ProgressBar):
             return
         epoch, seconds, images = self._pending
         self._pending = None
+        # An epoch resumed after its last batch trains nothing here: no speed to report, not "0 img/s"
         rate = images / max(seconds, 1e-9)
-        self._print(f"epoch {epoch + 1}/{trainer.max_epochs} done in {seconds:.0f} s ({rate:.0f} img/s): "
+        speed = f"in {seconds:.0f} s ({rate:.0f} img/s)" if images else "(resumed after its training)"
+        self._print(f"epoch {epoch + 1}/{trainer.max_epochs} done {speed}: "
                     + _format(trainer.callback_metrics, ("train/", "val/")))
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

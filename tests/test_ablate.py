@@ -222,4 +222,4 @@ def test_a_tiny_two_tower_study_trains_on_two_processes_and_the_first_alone_writ
         assert len(list(cell.glob("wandb/offline-run-*"))) == 1
         assert "TowerParallelStrategy" in (cell / "csv" / "attempt00" / "config.yaml").read_text()
         state = torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-        assert state["network.features.conv1.weight"].shape[0] == 18  # the whole net: both towers' 9 kernels (width 3/16)
+        assert state["network.features.conv1.weight"].shape[0] == 18  # both towers' 9 kernels

@@ -178,7 +178,7 @@ def test_each_cell_of_a_study_with_compile_compiles(study_args, tmp_path, monkey
     overlay = tmp_path / "compile.yaml"
     overlay.write_text("model:\n  compile: true\ntrainer:\n  max_steps: 2\n  limit_val_batches: 1\n"
                        "  limit_test_batches: 1\n")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)  # reached sooner, as in a longer study
+    limit = torch._dynamo.config.patch(recompile_limit=3)  # reached sooner, as in a longer study
     frames: list[int] = []
     train_cell = study_cell.train_cell
 
@@ -188,5 +188,6 @@ def test_each_cell_of_a_study_with_compile_compiles(study_args, tmp_path, monkey
         frames.append(counting.frames - before)
 
     monkeypatch.setattr(study_cell, "train_cell", counted)
-    assert runner.main([*study_args, "--config", str(overlay), "--no-lrn", "--no-dropout", "--seeds", "1"]) == 0
+    with limit:
+        assert runner.main([*study_args, "--config", str(overlay), "--no-lrn", "--no-dropout", "--seeds", "1"]) == 0
     assert len(frames) == 3 and all(count > 0 for count in frames), frames

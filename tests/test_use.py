@@ -20,7 +20,7 @@ def handmade_checkpoint(path: Path, root: Path, seed: int = 0) -> AlexNetModule:
     """A checkpoint as the CLI writes one (state dict and inference record) of a freshly initialised network."""
     torch.manual_seed(seed)
     module = AlexNetModule(lr=0.01, momentum=0.9, weight_decay=5e-4, lr_factor=0.1, lr_reductions=3, num_classes=10,
-                           width=0.25, input_size=67, init="kaiming", lrn_alpha=6.5025)
+                           width=0.1875, input_size=67, init="kaiming", lrn_alpha=6.5025)
     record = module.inference_record()
     wnids = sorted(p.name for p in (root / "train").iterdir())
     record["data"] = {"root": str(root), "mean": torch.rand(3, 72, 72), "value_scale": 1.0, "resize_size": 72,
@@ -97,7 +97,7 @@ def test_the_hub_entry_and_the_export_give_the_checkpoints_logits(tiny_imagefold
     assert torch.equal(record["data"]["mean"], torch.load(tmp_path / "m.ckpt")["inference"]["data"]["mean"])
     text = card.read_text()
     assert card == tmp_path / "out" / "alexnet.md" and "Preset: quick" in text and "cuda-convnet2" in text
-    assert "One weird trick" in text and "width=0.25" in text
+    assert "One weird trick" in text and "width=0.1875" in text
 
 
 def test_a_pickle_that_would_run_code_is_refused_by_the_hub_entry_and_the_command(tmp_path, capsys):
