@@ -43,6 +43,21 @@ def test_step_schedule_is_an_option(paper_optimisation):
     assert lrs == pytest.approx([0.01] * 2 + [1e-3] * 2 + [1e-4] * 2 + [1e-5] * 4)
 
 
+def test_step_schedule_at_named_epochs(paper_optimisation):
+    module = AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_milestones": [3, 4, 7]}, **SMALL)
+    config = module.configure_optimizers()
+    scheduler, optimizer = config["lr_scheduler"], config["optimizer"]
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.01] * 3 + [1e-3] + [1e-4] * 3 + [1e-5])
+    for bad in ([3, 4], [4, 3, 7], [0, 3, 7]):  # not lr_reductions of them, not increasing, before the first epoch
+        with pytest.raises(ValueError, match="lr_milestones"):
+            AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_milestones": bad}, **SMALL)
+
+
 def test_ten_crop_test_step_averages_the_softmax_over_crops(paper_optimisation):
     torch.manual_seed(0)
     module = AlexNetModule(**paper_optimisation, **SMALL, init="kaiming").eval()

@@ -24,10 +24,11 @@ NOISE = [
 
 
 def run(args: list[str], tmp_path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_SILENT", None)
-    done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = done.stdout + done.stderr
+    done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)  # one stream, in the order printed
+    out = done.stdout
     assert done.returncode == 0, out
     return out
 
@@ -52,6 +53,8 @@ def test_a_study_prints_its_cells_table_and_files_without_library_noise(study_ar
     out = run(["-m", "alexnet_lightning.study.runner", "--no-lrn", *study_args], tmp_path)
     found = [n for n in NOISE if n in out]
     assert not found, f"library messages in a study's output: {found}\n{out}"
+    checking = out[:out.index("study tiny (quick preset)")]  # the runner builds each variant's CLI to check it
+    assert "Seed set to" not in checking and "GPU available" not in checking, checking
     for line in ("study tiny (quick preset)", "[baseline seed 0] training", "[no_lrn seed 0] training", "| no_lrn |",
                  "written: "):
         assert line in out, out

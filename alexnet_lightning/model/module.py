@@ -56,6 +56,8 @@ class AlexNetModule(L.LightningModule):
             each validation; "step" reduces it every `lr_step_epochs` epochs (a deviation, for runs of a known length).
         lr_patience: epochs without improvement of the validation top-1 error before a reduction ("plateau").
         lr_step_epochs: epochs between reductions ("step").
+        lr_milestones: the epochs after which the "step" schedule reduces the learning rate, in place of every
+            `lr_step_epochs` epochs (as many as `lr_reductions`; None: every `lr_step_epochs`).
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
             channels-last memory order, which is faster for convolutions on many GPUs and CPUs.
         compile: speed option (deviation, same results): torch.compile the network, LRN fused with the layers
@@ -79,6 +81,7 @@ class AlexNetModule(L.LightningModule):
         lr_schedule: Literal["plateau", "step"] = "plateau",
         lr_patience: int = 5,
         lr_step_epochs: int = 30,
+        lr_milestones: list[int] | None = None,
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
@@ -98,6 +101,12 @@ class AlexNetModule(L.LightningModule):
         ):
             if not valid:
                 raise ValueError(f"{name} must be {allowed}, got {value}")
+        milestones_ok = lr_milestones is None or (len(lr_milestones) == lr_reductions
+                                                  and lr_milestones == sorted(set(lr_milestones))
+                                                  and (not lr_milestones or lr_milestones[0] >= 1))
+        if not milestones_ok:
+            raise ValueError(f"lr_milestones must be {lr_reductions} increasing epochs from 1 (lr_reductions), "
+                             f"got {lr_milestones}")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
@@ -250,5 +259,5 @@ class AlexNetModule(L.LightningModule):
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_error", "interval": "epoch"},
             }
-        milestones = [hp.lr_step_epochs * (i + 1) for i in range(hp.lr_reductions)]
+        milestones = hp.get("lr_milestones") or [hp.lr_step_epochs * (i + 1) for i in range(hp.lr_reductions)]
         return {"optimizer": optimizer, "lr_scheduler": MultiStepLR(optimizer, milestones, hp.lr_factor)}

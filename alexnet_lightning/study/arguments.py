@@ -34,6 +34,7 @@ from alexnet_lightning.study.identity import PRESETS, STRATEGIES, base_configs
 from alexnet_lightning.study.variants import ABLATIONS, VARIANTS, get_variant
 from alexnet_lightning.training import cli as alexnet_cli
 from alexnet_lightning.training.diagnostics import TRAIN_ERROR_TARGET
+from alexnet_lightning.training.quiet import lightning_info_off
 
 DEFAULT_SEEDS = 5
 
@@ -149,7 +150,8 @@ def check_cells(args: argparse.Namespace) -> Any:
     for variant in dict.fromkeys(variant for variant, _ in cells(args)):
         try:
             configs = [a for p in variant_configs(args, variant) for a in ("--config", str(p))]
-            cli = alexnet_cli.main([*configs, *settings], run=False)
+            with lightning_info_off():  # "Seed set", "GPU available": the cells print them when they run
+                cli = alexnet_cli.main([*configs, *settings], run=False)
         except ValueError as err:
             raise SystemExit(f"error: {err} (the configs of {variant}: "
                              f"{' '.join(str(p) for p in variant_configs(args, variant))})") from err

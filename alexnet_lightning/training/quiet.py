@@ -3,6 +3,8 @@ module that issues it, so that every other warning (about the run, or new in a l
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # (the message's start, as a regular expression; the module that issues it)
 LIBRARY_WARNINGS = [
@@ -40,3 +42,18 @@ def ignore_args_warning() -> None:
     """LightningCLI warns of `args` given beside a command line, as when `alexnet-ablate` hands each cell's
     arguments to the CLI: `main(args)` uses `args` in place of the command line by design."""
     warnings.filterwarnings("ignore", message=ARGS_WARNING[0], module=ARGS_WARNING[1])
+
+
+@contextmanager
+def lightning_info_off() -> Iterator[None]:
+    """Lightning's INFO lines (the seed set, the accelerators found) off, warnings still on: while the study builds
+    each variant's CLI only to check its configs, they would be printed once per variant before anything runs."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
