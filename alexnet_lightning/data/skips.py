@@ -12,9 +12,9 @@ class SkippedFiles(L.Callback):
     training epoch that skipped more than ``max_skipped_fraction`` of its files, or a split that skipped all of them:
     files that many unreadable are a broken data set, not a few bad files.
 
-    Lightning forbids ``self.log`` inside the batch-transfer hooks, where the count is taken off the
-    batch, so it is logged from the next hook that allows it. The stage is part of the name because
-    the training and validation epochs end at the same step and would overwrite each other.
+    The count is taken off each batch in the batch-transfer hooks and summed on the batches' device; it is logged
+    once per epoch, at the epoch's end (a ``self.log`` per batch cost about 1 ms a step). The stage is part of the
+    name because the training and validation epochs end at the same step and would overwrite each other.
     """
 
     def __init__(self, datamodule: L.LightningDataModule) -> None:
@@ -23,20 +23,18 @@ class SkippedFiles(L.Callback):
         # device tensor every step would make each step wait for the GPU
         self.counts: dict[str, list] = {stage: [0, 0] for stage in ("train", "val", "test")}
 
-    def _log(self, module: L.LightningModule, stage: str, batch: Any) -> None:
-        skipped = self.datamodule.skipped_files.float()
-        module.log(
-            f"data/skipped_files/{stage}", skipped, reduce_fx="sum", on_step=False, on_epoch=True
-        )  # this process's count: a sync here would deadlock with the metrics' own sync at epoch end
-        self.counts[stage][0] = skipped + self.counts[stage][0]
+    def _count(self, stage: str, batch: Any) -> None:
+        self.counts[stage][0] = self.datamodule.skipped_files + self.counts[stage][0]
         self.counts[stage][1] += len(batch[1])
 
-    def _check(self, trainer: L.Trainer, stage: str) -> None:
+    def _check(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         skipped, read = self.counts[stage]
         self.counts[stage] = [0, 0]
         skipped = torch.as_tensor(skipped, dtype=torch.float32, device=trainer.strategy.root_device)
         counts = torch.stack([skipped, skipped + read])
         skipped, files = trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # every rank stops, or none
+        # every process's sum, the same on each (sync_dist: the mean of equal values, without Lightning's warning)
+        module.log(f"data/skipped_files/{stage}", skipped, on_step=False, on_epoch=True, sync_dist=True)
         limit = self.datamodule.hparams.max_skipped_fraction if stage == "train" else 1.0
         if files and (skipped == files or skipped > limit * files):
             what = "of the training epoch" if stage == "train" else f"of the {stage} split"
@@ -48,23 +46,23 @@ class SkippedFiles(L.Callback):
             )
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
-        self._log(module, "train", batch)
+        self._count("train", batch)
 
     def on_validation_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
     ) -> None:
-        self._log(module, "val", batch)
+        self._count("val", batch)
 
     def on_test_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int, dataloader_idx: int = 0
     ) -> None:
-        self._log(module, "test", batch)
+        self._count("test", batch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "train")
+        self._check(trainer, module, "train")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "val")
+        self._check(trainer, module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._check(trainer, "test")
+        self._check(trainer, module, "test")
