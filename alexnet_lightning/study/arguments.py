@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--variant", dest="variants", action="append", metavar="NAME",
                        help=f"a variant by registry name, repeatable: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="run seeds 0..N-1 of every variant (default "
-                        f"{DEFAULT_SEEDS}: with the quick preset's 3,000 test images, enough to resolve a change of 5 "
-                        "points top-1 with 80%% power; docs/quick-preset.md)")
+                        f"{DEFAULT_SEEDS}: the default study in 300 s on 2 cores; what it resolves, about 5 points "
+                        "top-1 at 80%% power, is in docs/quick-preset.md; alexnet-plan says how many a change needs)")
     parser.add_argument("--seed", type=int, help="run only this seed of the named variants, no implied baseline")
     parser.add_argument("--preset", choices=PRESETS, help="quick: built-in data on CPU (default without "
                         "--data-root); paper: the paper's run on ImageNet (default with --data-root)")
