@@ -232,3 +232,20 @@ def test_tables_and_the_forest_plot_are_written(rows, tmp_path):
     assert paths["md"].read_text().startswith("| variant |")
     plotted = plot(list(rows.values()), {}, tmp_path)
     assert plotted["deltas"].stat().st_size > 10_000
+
+
+def test_the_forest_plots_legend_covers_no_row(rows, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures the plot closes
+    for ablations in (["no_lrn"], ["no_lrn", "no_overlap"]):  # one row: a legend inside a panel covered it
+        figures.clear()
+        plot([rows["baseline"], *(rows[name] for name in ablations)], {}, tmp_path)
+        forest = figures[-1]
+        renderer = forest.canvas.get_renderer()
+        legends = [*forest.legends, *(ax.get_legend() for ax in forest.axes if ax.get_legend())]
+        assert len(legends) == 1
+        legend = legends[0].get_window_extent(renderer)
+        for ax in forest.axes:
+            assert not legend.overlaps(ax.get_window_extent(renderer)), ablations

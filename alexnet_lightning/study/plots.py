@@ -62,8 +62,8 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
 
     ablations = [r for r in rows if r["variant"] != "baseline"]
     metrics = [m for m in METRICS if any(not missing(r.get(f"{m}_delta")) for r in ablations)] or ["top1"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 1.5, 0.6 * len(ablations) + 1.8),
-                             sharey=True, squeeze=False)
+    height = 0.6 * len(ablations) + 2.2  # 0.4 inch of it for the legend, below the panels: never over a row
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 1.5, height), sharey=True, squeeze=False)
     ys = np.arange(len(ablations))[::-1]
     for ax, m in zip(axes[0], metrics):
         for y, r in zip(ys, ablations):
@@ -88,9 +88,9 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, list[dict]], out_dir: Pat
                plt.Line2D([], [], color="0.45", marker="s", mfc="white", lw=2, ls=":",
                           label="one seed: no verdict (test-image interval)"),
                plt.Line2D([], [], color="C3", marker="D", ls="", label="paper (ILSVRC)")]
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), frameon=False)
     fig.suptitle("Ablations against the paper: change with its 95% interval", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))
     write_atomic(paths["deltas"], lambda f, figure=fig: figure.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return paths
