@@ -107,6 +107,8 @@ class AlexNetModule(L.LightningModule):
         if not milestones_ok:
             raise ValueError(f"lr_milestones must be {lr_reductions} increasing epochs from 1 (lr_reductions), "
                              f"got {lr_milestones}")
+        if lr_milestones is not None and lr_schedule != "step":
+            raise ValueError(f"lr_milestones are the step schedule's: set lr_schedule to 'step' (got {lr_schedule!r})")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
