@@ -52,6 +52,12 @@ def test_paper_config_resolves_to_the_paper_network(tmp_path):
     assert cli.datamodule.hparams.batch_size == 128 and cli.trainer.max_epochs == 90
 
 
+def test_the_quick_preset_logs_the_training_loss_within_each_epoch(tmp_path):
+    cli = main(["--config", "quick", "--trainer.default_root_dir", str(tmp_path)], run=False)
+    steps = standin.NUM_CLASSES * standin.TRAIN_PER_CLASS // cli.datamodule.hparams.batch_size  # the last one dropped
+    assert cli.trainer.log_every_n_steps <= steps  # else Lightning warns at every fit that the epoch is too short
+
+
 def test_the_gpu_config_adds_the_speed_options_to_the_paper_run(tmp_path, monkeypatch):
     import torch
 
