@@ -57,7 +57,8 @@ class AlexNetModule(L.LightningModule):
         lr_patience: epochs without improvement of the validation top-1 error before a reduction ("plateau").
         lr_step_epochs: epochs between reductions ("step").
         lr_milestones: the epochs after which the "step" schedule reduces the learning rate, in place of every
-            `lr_step_epochs` epochs (as many as `lr_reductions`; None: every `lr_step_epochs`).
+            `lr_step_epochs` epochs (as many as `lr_reductions`; None: every `lr_step_epochs`). Like
+            `lr_step_epochs`, unused by "plateau", so that a config may switch a preset's schedule to "plateau".
         channels_last: speed option (deviation, same results): keep the network's weights and maps in
             channels-last memory order, which is faster for convolutions on many GPUs and CPUs.
         compile: speed option (deviation, same results): torch.compile the network, LRN fused with the layers
@@ -107,8 +108,6 @@ class AlexNetModule(L.LightningModule):
         if not milestones_ok:
             raise ValueError(f"lr_milestones must be {lr_reductions} increasing epochs from 1 (lr_reductions), "
                              f"got {lr_milestones}")
-        if lr_milestones is not None and lr_schedule != "step":
-            raise ValueError(f"lr_milestones are the step schedule's: set lr_schedule to 'step' (got {lr_schedule!r})")
         self.save_hyperparameters()
         self.network = AlexNet(**network)
         num_classes = self.network.classifier.fc8.out_features
