@@ -249,3 +249,5 @@ def test_the_forest_plots_legend_covers_no_row(rows, tmp_path, monkeypatch):
         legend = legends[0].get_window_extent(renderer)
         for ax in forest.axes:
             assert not legend.overlaps(ax.get_window_extent(renderer)), ablations
+    monkeypatch.undo()
+    plt.close("all")
