@@ -31,28 +31,26 @@ def test_plateau_schedule_divides_by_ten_at_most_three_times(paper_optimisation)
     assert sorted(set(lrs), reverse=True) == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
 
 
-def test_step_schedule_is_an_option(paper_optimisation):
-    module = AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_step_epochs": 2}, **SMALL)
+def step_schedule_lrs(module: AlexNetModule, epochs: int) -> list[float]:
+    """The learning rate of each epoch under the module's step schedule."""
     config = module.configure_optimizers()
     scheduler, optimizer = config["lr_scheduler"], config["optimizer"]
     lrs = []
-    for _ in range(10):
+    for _ in range(epochs):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert lrs == pytest.approx([0.01] * 2 + [1e-3] * 2 + [1e-4] * 2 + [1e-5] * 4)
+    return lrs
+
+
+def test_step_schedule_is_an_option(paper_optimisation):
+    module = AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_step_epochs": 2}, **SMALL)
+    assert step_schedule_lrs(module, 10) == pytest.approx([0.01] * 2 + [1e-3] * 2 + [1e-4] * 2 + [1e-5] * 4)
 
 
 def test_step_schedule_at_named_epochs(paper_optimisation):
     module = AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_milestones": [3, 4, 7]}, **SMALL)
-    config = module.configure_optimizers()
-    scheduler, optimizer = config["lr_scheduler"], config["optimizer"]
-    lrs = []
-    for _ in range(8):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs == pytest.approx([0.01] * 3 + [1e-3] + [1e-4] * 3 + [1e-5])
+    assert step_schedule_lrs(module, 8) == pytest.approx([0.01] * 3 + [1e-3] + [1e-4] * 3 + [1e-5])
     for bad in ([3, 4], [4, 3, 7], [0, 3, 7]):  # not lr_reductions of them, not increasing, before the first epoch
         with pytest.raises(ValueError, match="lr_milestones"):
             AlexNetModule(**paper_optimisation | {"lr_schedule": "step", "lr_milestones": bad}, **SMALL)
