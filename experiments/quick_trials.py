@@ -2,13 +2,14 @@
 
     python experiments/quick_trials.py --width 0.125 --epochs 24 --warmup 1 --lr 0.04 --steps 16,20 --seed 0
 
-One single-threaded process trains the quick preset's network (kaiming init, LRN alpha 6.5025) on the built-in set
-held in memory (the data module's own split and ``BatchAugmentation``, one seed per batch rather than the runner's
-per-sample keys), with the paper's momentum and weight decay, and prints one JSON line: the arguments, the
-validation top-1 error (%) after each epoch (centre crops of the 3,000 validation images), the running training
-error and the seconds. What the loop leaves out (Lightning, checkpoints, the ten-crop test) makes it cheaper than a
-cell of the study (33 to 49 s against about 50 s for 14 epochs, two at a time), so its figures compare schedules,
-not cells (docs/quick-preset.md).
+One single-threaded process builds the quick preset's network and data module through the CLI
+(`--config quick`, its width, batch and learning rate overridden by the flags), holds the built-in set in memory
+(the data module's own split and ``BatchAugmentation``, one seed per batch rather than the runner's per-sample keys),
+trains with the preset's SGD (momentum, weight decay) under the schedule the flags name, and prints one JSON line:
+the arguments, the validation top-1 error (%) after each epoch (centre crops of the 3,000 validation images), the
+running training error and the seconds. What the loop leaves out (Lightning's loop, checkpoints, the ten-crop test)
+makes it cheaper than a cell of the study (33 to 49 s against about 50 s for 14 epochs, two at a time), so its
+figures compare schedules, not cells (docs/quick-preset.md).
 """
 
 import argparse
@@ -17,8 +18,7 @@ import time
 
 import torch
 
-from alexnet_lightning.data.datamodule import ImageNetDataModule
-from alexnet_lightning.model.network import AlexNet
+from alexnet_lightning.training import cli as alexnet_cli
 
 
 def main() -> None:
@@ -36,15 +36,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    data = ImageNetDataModule(batch_size=args.batch, resize_size=72, crop_size=67, value_scale=1.0, in_memory=True)
+    cli = alexnet_cli.main(["--config", "quick", *(["--config", "no_lrn"] if args.no_lrn else []),
+                            "--seed_everything", str(args.seed), "--model.width", str(args.width),
+                            "--model.lr", str(args.lr), "--data.batch_size", str(args.batch),
+                            "--data.in_memory", "true", "--trainer.logger", "false"], run=False)
+    data, network, hp = cli.datamodule, cli.model.network, cli.model.hparams
     data.prepare_data()
     data.setup("fit")
-    torch.manual_seed(args.seed)
-    network = AlexNet(num_classes=30, width=args.width, input_size=67, init="kaiming", lrn_alpha=6.5025,
-                      lrn=not args.no_lrn)
     if args.fc8_std:
         torch.nn.init.normal_(network.classifier.fc8.weight, 0, args.fc8_std)
-    optimizer = torch.optim.SGD(network.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(network.parameters(), lr=args.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     images, labels = data.train_set.images, data.train_set.labels
     steps_per_epoch = len(images) // args.batch
     total = steps_per_epoch * args.epochs
