@@ -73,6 +73,8 @@ def _ddp_test_worker(rank: int, world_size: int, port: int, folder: str) -> None
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, data)
     torch.save(module.test_outcomes, os.path.join(folder, f"rank{rank}.pt"))
+    # Lightning leaves a gloo group to the interpreter's shutdown, where it may abort the process (model/towers.py).
+    torch.distributed.destroy_process_group()
 
 
 def tiny_test_run() -> tuple[AlexNetModule, DataLoader]:

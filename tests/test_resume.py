@@ -20,13 +20,16 @@ from tests.test_cli import QUICK
 
 class KillAtStep(L.Callback):
     """SIGKILLs its own process when a training batch of the given global step ends, before that step's checkpoint:
-    Lightning runs checkpoint callbacks after all others."""
+    Lightning runs checkpoint callbacks after all others. The checkpoints are written in a thread (AsyncCheckpointIO):
+    it first waits for the one in flight, the previous step's, so that the kill comes after it, at the same point in
+    every run (on a busy machine the write could still be under way, and the run resumed from the one before)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
+            trainer.strategy.checkpoint_io.teardown()  # waits for the writes in flight
             os.kill(os.getpid(), signal.SIGKILL)
 
 

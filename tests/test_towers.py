@@ -194,6 +194,26 @@ def test_two_replicas_of_two_towers_train_like_one_device_on_their_joint_batch(p
     assert_same_weights(states[0], reference.network.state_dict())
 
 
+def _exit_worker(rank: int, world_size: int, port: int, optimisation: dict, folder: Path) -> None:
+    join(rank, world_size, port)
+    destroy = dist.destroy_process_group
+
+    def destroy_and_mark(*args: object, **kwargs: object) -> None:  # a process of its own: nothing else sees it
+        destroy(*args, **kwargs)
+        (folder / f"destroyed{rank}").touch()
+
+    dist.destroy_process_group = destroy_and_mark
+    fit(AlexNetModule(**optimisation, **EXACT), world_size, 1, BATCH)
+    assert dist.is_initialized()  # the module's network and a later stage may still need it
+
+
+@pytest.mark.slow
+def test_a_finished_fit_destroys_its_process_group_when_the_process_exits(paper_optimisation, tmp_path):
+    """Left to the interpreter's shutdown, gloo's threads may abort the process after a run that succeeded."""
+    spawn(_exit_worker, 2, paper_optimisation, tmp_path)
+    assert (tmp_path / "destroyed0").exists() and (tmp_path / "destroyed1").exists()
+
+
 @pytest.mark.parametrize(("devices", "num_nodes", "message"), [(1, 1, "at least 2"), (3, 1, "even"), (1, 3, "even")])
 def test_a_process_count_that_does_not_split_in_two_towers_fails_at_trainer_construction(devices, num_nodes, message):
     with pytest.raises(ValueError, match=message):

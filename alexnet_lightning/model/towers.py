@@ -24,6 +24,7 @@ Checkpoints hold the single-device (grouped) model's state_dict and optimiser st
 gathered on save and split on load, by `TowerAlexNet.unshard` and `TowerAlexNet.shard`.
 """
 
+import atexit
 from collections import OrderedDict
 from typing import Any
 
@@ -139,6 +140,14 @@ class TowerAlexNet(nn.Module):
         return torch.cat(pieces)
 
 
+def destroy_process_group() -> None:
+    """At exit, while the interpreter is whole. Left to the interpreter's shutdown, a gloo process group's threads
+    free the tensors of their finished work after Python has gone, and the process may abort (SIGABRT, "terminate
+    called without an active exception") after a run that succeeded. Lightning does this for NCCL only."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _layer(key: str) -> str:
     return key.split(".")[-2]  # "features.conv3.weight" -> "conv3"
 
@@ -247,6 +256,9 @@ class TowerParallelStrategy(DDPStrategy):
                         group["params"] = [swap.get(param, param) for param in group["params"]]
                     optimizer.load_state_dict(state)
             module.network = grouped
+            # A finished stage leaves no collective in flight: the process group can go when the process ends.
+            atexit.unregister(destroy_process_group)
+            atexit.register(destroy_process_group)
         super().teardown()
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
