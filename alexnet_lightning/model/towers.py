@@ -143,7 +143,8 @@ class TowerAlexNet(nn.Module):
 def destroy_process_group() -> None:
     """At exit, while the interpreter is whole. Left to the interpreter's shutdown, a gloo process group's threads
     free the tensors of their finished work after Python has gone, and the process may abort (SIGABRT, "terminate
-    called without an active exception") after a run that succeeded. Lightning does this for NCCL only."""
+    called without an active exception") after a run that succeeded (PyTorch PR 179291 describes it). Lightning
+    destroys the group at exit for NCCL only."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
