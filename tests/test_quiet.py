@@ -24,7 +24,13 @@ NOISE = [
 
 
 def run(args: list[str], tmp_path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    srun = tmp_path / "bin" / "srun"  # as on a cluster's login node: Lightning then hints at srun
+    srun.parent.mkdir(exist_ok=True)
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{srun.parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
     env.pop("WANDB_SILENT", None)
     done = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=600)  # one stream, in the order printed
@@ -53,6 +59,8 @@ def test_a_study_prints_its_cells_table_and_files_without_library_noise(study_ar
     out = run(["-m", "alexnet_lightning.study.runner", "--no-lrn", *study_args], tmp_path)
     found = [n for n in NOISE if n in out]
     assert not found, f"library messages in a study's output: {found}\n{out}"
+    # The cells are started by the runner or by an array's tasks, never by srun: Lightning's hint would be wrong.
+    assert "The `srun` command is available" not in out, out
     checking = out[:out.index("study tiny (quick preset)")]  # the runner builds each variant's CLI to check it
     assert "Seed set to" not in checking and "GPU available" not in checking, checking
     for line in ("study tiny (quick preset)", "[baseline seed 0] training", "[no_lrn seed 0] training", "| no_lrn |",
@@ -67,3 +75,4 @@ def test_a_fit_prints_no_library_noise(tiny_imagefolder, tiny_overlay, tmp_path)
     found = [n for n in NOISE if n in out]
     assert not found, f"library messages in a fit's output: {found}\n{out}"
     assert "max_epochs=1` reached" in out, out
+    assert "The `srun` command is available" in out  # a fit of one's own: srun may be what the user meant

@@ -12,11 +12,13 @@ from alexnet_lightning.study.cell import follow, lead, run_cell
 from alexnet_lightning.study.identity import open_study
 from alexnet_lightning.study.jobs import default_jobs, run_jobs
 from alexnet_lightning.study.report import write_report
+from alexnet_lightning.training.quiet import ignore_srun_hint
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    ignore_srun_hint()
     if rank_zero_only.rank != 0:
         return follow(args)
     data = None if args.as_job else check_cells(args)

@@ -15,6 +15,8 @@ LIBRARY_WARNINGS = [
      r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.logger_connector"),
 ]
 ARGS_WARNING = (r"LightningCLI's args parameter is intended", r"lightning\.pytorch\.cli")
+SRUN_HINT = (r"The `srun` command is available on your system but is not used",
+             r"lightning\.fabric\.plugins\.environments\.slurm")
 # (logger, the message's start): Lightning's advertisement, logged for every trainer without its own logger class
 LIBRARY_LOGS = [("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging")]
 
@@ -42,6 +44,14 @@ def ignore_args_warning() -> None:
     """LightningCLI warns of `args` given beside a command line, as when `alexnet-ablate` hands each cell's
     arguments to the CLI: `main(args)` uses `args` in place of the command line by design."""
     warnings.filterwarnings("ignore", message=ARGS_WARNING[0], module=ARGS_WARNING[1])
+
+
+def ignore_srun_hint() -> None:
+    """Where SLURM's `srun` is installed, Lightning tells a process that srun did not start to prepend `srun`. The
+    study's cells are processes that the runner starts itself, or one per task of an array (docs/cluster.md), where
+    Lightning finds the task's SLURM variables and gives no hint: on a login node it would be printed for every cell,
+    and the command it suggests would be wrong."""
+    warnings.filterwarnings("ignore", message=SRUN_HINT[0], module=SRUN_HINT[1])
 
 
 @contextmanager
