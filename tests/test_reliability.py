@@ -137,7 +137,11 @@ class NaNAtStep(Callback):
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_stops_naming_the_step_and_the_checkpoint(tiny_fit, tmp_path):
+@pytest.mark.parametrize("slow_writes", [False, True])  # a checkpoint still being written when the loss is found
+def test_a_non_finite_loss_stops_naming_the_step_and_the_checkpoint(tiny_fit, tmp_path, monkeypatch, slow_writes):
+    if slow_writes:  # as on a busy machine, or for a large checkpoint: the writing thread is behind the training
+        write = AtomicCheckpointIO.save_checkpoint
+        monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", lambda *a, **k: (time.sleep(3), write(*a, **k)))
     cli = main(tiny_fit(tmp_path, "--trainer.max_epochs", "3")[1:], run=False)
     cli.trainer.callbacks.append(NaNAtStep(5))  # the second batch of the second epoch (4 batches an epoch)
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"  # written at the end of the first epoch

@@ -72,6 +72,11 @@ class StopOnNonFiniteLoss(L.Callback):
         step, loss = self._first_bad.tolist()
         if step < 0:
             return
+        failed_write = None
+        try:  # the checkpoints are written in a thread: the newest may still be under way, and is named once on disk
+            trainer.strategy.checkpoint_io.teardown()
+        except Exception as error:  # a write that failed: the newest checkpoint on disk is named, and the failure
+            failed_write = error
         checkpoint = last_checkpoint(trainer)
         resume = (
             f"resume from the last good checkpoint {checkpoint} (--ckpt_path), e.g. with a lower learning rate"
@@ -82,7 +87,7 @@ class StopOnNonFiniteLoss(L.Callback):
         raise FloatingPointError(
             f"The training loss is {loss} at global step {int(step)} (found at step {trainer.global_step}, epoch "
             f"{trainer.current_epoch}); its gradient never reached the weights. To go on, {resume}."
-        )
+        ) from failed_write
 
 
 class CheckpointOnSigterm(L.Callback):
