@@ -75,7 +75,7 @@ class StopOnNonFiniteLoss(L.Callback):
         failed_write = None
         try:  # the checkpoints are written in a thread: the newest may still be under way, and is named once on disk
             trainer.strategy.checkpoint_io.teardown()
-        except Exception as error:  # a write that failed: the newest checkpoint on disk is named, and the failure
+        except Exception as error:  # a write that failed: the newest on disk is named, the failure chained below
             failed_write = error
         checkpoint = last_checkpoint(trainer)
         resume = (
